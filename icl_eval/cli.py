@@ -1,0 +1,233 @@
+"""The `icl-eval` command: run, tasks, prompt, validate, demo (and compare/contamination when present)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+from icl_eval.errors import IclEvalError
+
+# Subcommands that live in their own packages; each module exposes register(subparsers) and run_command(args).
+PLUGIN_COMMANDS = ("icl_eval.compare.cli", "icl_eval.contamination.cli")
+
+
+def parse_shots(value: str) -> tuple[int, ...]:
+    try:
+        shots = tuple(int(s) for s in value.split(","))
+    except ValueError:
+        raise IclEvalError(f"--shots {value!r}: give non-negative integers separated by commas, e.g. --shots 0,1,32") from None
+    if not shots or any(k < 0 for k in shots):
+        raise IclEvalError(f"--shots {value!r}: shot counts must be >= 0, e.g. --shots 0,1,32")
+    return tuple(dict.fromkeys(shots))
+
+
+def parse_batch_size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise IclEvalError(f"--batch-size {value!r}: give a positive integer or 'auto'")
+
+
+def _add_task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra folder of task YAML files and templates (repeatable)")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="local data root laid out like shared/data (default: $ICL_EVAL_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=1234, help="seed for demonstrations and --limit subsets (default 1234)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="icl-eval", description="Zero-, one- and few-shot evaluation of causal language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
+    run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
+    run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
+    run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
+    run.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N examples per task")
+    run.add_argument("--batch-size", default="auto", help="rows per batch, or 'auto' for a token budget from free memory")
+    run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    run.add_argument("--bos", default="tokenizer", choices=["tokenizer", "always", "never"], help="BOS policy (default: as the tokenizer does)")
+    run.add_argument("--output", default="results", help="output folder (default results/)")
+    run.add_argument("--no-log-samples", action="store_true", help="do not write per-example logs")
+    run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run")
+    _add_task_options(run)
+
+    tasks = sub.add_parser("tasks", help="list every task")
+    tasks.add_argument("--include-path", action="append", default=[], metavar="DIR")
+
+    prompt = sub.add_parser("prompt", help="print the exact prompt and continuation of one example")
+    prompt.add_argument("task")
+    prompt.add_argument("--shots", type=int, default=0)
+    prompt.add_argument("--index", type=int, default=0, help="doc id of the example")
+    _add_task_options(prompt)
+
+    validate = sub.add_parser("validate", help="check a task YAML file and render one prompt")
+    validate.add_argument("file")
+    _add_task_options(validate)
+
+    demo = sub.add_parser("demo", help="evaluate a tiny random model built on the spot (no downloads)")
+    demo.add_argument("--output", default="results")
+    demo.add_argument("--data-dir", default=None)
+
+    for name in PLUGIN_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not name.startswith(e.name):
+                raise
+            continue
+        before = set(sub.choices)
+        module.register(sub)
+        for added in set(sub.choices) - before:
+            sub.choices[added].set_defaults(run_command=module.run_command)
+    return parser
+
+
+def _print_table(records) -> None:
+    rows = [(r.task, str(r.shots), r.metric, f"{r.value:.4f}" + (f" ± {r.stderr:.4f}" if r.stderr is not None else ""), str(r.n)) for r in records]
+    header = ("task", "shots", "metric", "value", "n")
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from icl_eval.evaluator import Settings, evaluate
+    from icl_eval.models.hf import HFModel
+    from icl_eval.registry import load_tasks
+    from icl_eval.results import RunResult, RunWriter, new_run_id, now
+
+    shots = parse_shots(args.shots)
+    batch_size = parse_batch_size(str(args.batch_size))
+    if args.limit is not None and args.limit < 1:
+        raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
+    tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
+    model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+    run_id = new_run_id()
+    writer = RunWriter(args.output, run_id)
+    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples)
+    result = RunResult(
+        run_id=run_id,
+        started_at=now(),
+        model={
+            "name": model.name, "path": model.path, "num_parameters": model.num_parameters, "dtype": str(model.dtype).removeprefix("torch."),
+            "device": str(model.device), "fingerprint": model.fingerprint(), "max_length": model.max_length,
+        },
+        settings={
+            "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
+            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": "per_example", "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
+        },
+    )
+    print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
+    evaluate(model, tasks, settings, writer, result)
+    _print_table(result.records)
+    for name, info in result.tasks.items():
+        for k, counts in info["truncation"].items():
+            if any(counts.values()):
+                print(f"note: {name} {k}-shot: {counts['demos_dropped']} prompts lost demonstrations, {counts['left_truncated']} were left-truncated, {counts['nonfinite']} had NaN/inf logits (excluded)")
+    print(writer.results_path)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from icl_eval.registry import discover
+
+    rows = []
+    for name, t in sorted(discover(args.include_path).items()):
+        src = t.data.local or ""
+        if t.data.hub:
+            src += (" | " if src else "") + f"hub {t.data.hub}" + (f"/{t.data.hub_name}" if t.data.hub_name else "")
+        if t.data.generator:
+            src += (" | " if src else "") + f"generated ({t.data.generator})"
+        rows.append((name, t.output_type, ",".join(t.metrics), src))
+    header = ("task", "output", "metrics", "data (local path under --data-dir | hub | fallback)")
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return 0
+
+
+class _Unbounded:
+    """A stand-in model for printing prompts: no context limit, so nothing is dropped."""
+
+    max_length = 10**9
+
+    def count_tokens(self, text: str) -> int:
+        return 0
+
+
+def _show_prompt(task, args: argparse.Namespace) -> None:
+    from icl_eval.evaluator import Settings, build_prompt, prepare
+
+    prep = prepare(task, Settings(shots=(args.shots,), seed=args.seed, data_dir=args.data_dir))
+    if not 0 <= args.index < len(prep.docs):
+        raise IclEvalError(f"--index {args.index}: task '{task.name}' has doc ids 0..{len(prep.docs) - 1}")
+    p = build_prompt(prep, args.index, args.shots, args.seed, _Unbounded())
+    print(f"=== {task.name}, {args.shots}-shot, doc {args.index}, demonstrations {list(p.fewshot_ids)}, data {prep.source} ===", file=sys.stderr)
+    print("--- prompt (verbatim, between the markers) ---")
+    sys.stdout.write(p.context)
+    print("\n--- continuation ---")
+    sys.stdout.write(p.target)
+    print("\n--- repr ---")
+    print(repr(p.context))
+    print(repr(p.target))
+
+
+def cmd_prompt(args: argparse.Namespace) -> int:
+    from icl_eval.registry import load_task
+
+    _show_prompt(load_task(args.task, args.include_path), args)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from icl_eval.prompts import load_template
+    from icl_eval.registry import load_task
+
+    task = load_task(args.file if args.file.endswith((".yaml", ".yml")) else args.file, args.include_path)
+    load_template(task)
+    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)})", file=sys.stderr)
+    args.shots, args.index = 0, 0
+    _show_prompt(task, args)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from icl_eval.models.tiny import save_tiny_checkpoint
+
+    print("DEMO: a tiny GPT-2 with RANDOM weights and a tokenizer built on the spot; its scores mean nothing.")
+    print("It shows the harness end to end with no downloads. Evaluate a real checkpoint with `icl-eval run --model PATH ...`.")
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_tiny_checkpoint(os.path.join(tmp, "tiny-random-gpt2"))
+        argv = ["run", "--model", str(ckpt), "--tasks", "arithmetic_2da,arithmetic_1dc", "--shots", "0,1,8", "--limit", "40", "--output", args.output]
+        if args.data_dir:
+            argv += ["--data-dir", args.data_dir]
+        return cmd_run(build_parser().parse_args(argv))
+
+
+COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "prompt": cmd_prompt, "validate": cmd_validate, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # ours shows requests/s and ETA; theirs would interleave with it
+    try:
+        args = build_parser().parse_args(argv)
+        handler = COMMANDS.get(args.command) or args.run_command
+        return handler(args)
+    except IclEvalError as e:
+        print(f"icl-eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("icl-eval: interrupted; finished task/shot results are already on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The one exception type a user sees: its message names the file, field and fix."""
+
+
+class IclEvalError(Exception):
+    """An error the user can fix: the message names the file, field and fix."""

@@ -1,0 +1,192 @@
+"""One evaluation run: for each task and shot count, build prompts, ask the model, score, and log."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tqdm import tqdm
+
+from icl_eval import fewshot, metrics
+from icl_eval.data import load_source
+from icl_eval.errors import IclEvalError
+from icl_eval.prompts import Example, assemble, description_for, prompt_hash, render, template_hash
+from icl_eval.requests import GenerationRequest, LoglikelihoodRequest
+from icl_eval.results import Record, RunResult, RunWriter, now
+from icl_eval.task_config import TaskConfig
+
+
+class Model(Protocol):
+    max_length: int
+
+    def count_tokens(self, text: str) -> int: ...
+    def loglikelihood(self, requests, progress=None): ...
+    def generate(self, requests, progress=None): ...
+
+
+@dataclass(frozen=True)
+class Settings:
+    shots: tuple[int, ...] = (0,)
+    seed: int = 1234
+    limit: int | None = None
+    data_dir: str | None = None
+    log_samples: bool = True
+
+
+@dataclass
+class PreparedTask:
+    """A task's data, loaded once and shared by every shot count."""
+
+    task: TaskConfig
+    docs: list[dict]
+    source: str
+    pool: list[dict]  # the demonstration pool
+    same_split: bool  # the pool is the eval split itself, so the example must be excluded
+    doc_ids: list[int]  # the documents evaluated (all, or the --limit subset)
+    _rendered: dict[tuple[bool, int], Example] = field(default_factory=dict)
+
+    def example(self, doc_id: int, from_pool: bool = False) -> Example:
+        key = (from_pool and not self.same_split, doc_id)
+        if key not in self._rendered:
+            docs = self.pool if key[0] else self.docs
+            self._rendered[key] = render(self.task, docs[doc_id], doc_id)
+        return self._rendered[key]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    doc_id: int
+    fewshot_ids: tuple[int, ...]
+    context: str
+    target: str  # the gold continuation, target delimiter included
+    demos_dropped: int  # demonstrations removed from the front to fit the model's context
+
+
+def prepare(task: TaskConfig, settings: Settings) -> PreparedTask:
+    docs, source = load_source(task.data, settings.data_dir, settings.seed, f"task '{task.name}' ({task.path})")
+    if task.fewshot is not None:
+        pool, _ = load_source(task.fewshot, settings.data_dir, settings.seed, f"the few-shot pool of task '{task.name}'")
+    else:
+        pool = docs
+    if settings.limit is not None and settings.limit < 1:
+        raise IclEvalError(f"--limit {settings.limit}: must be a positive number of examples")
+    ids = fewshot.subset(task.name, settings.seed, len(docs), settings.limit)
+    return PreparedTask(task, docs, source, pool, task.fewshot is None, ids)
+
+
+def _fits(model: Model, context: str, continuation: str, extra: int) -> bool:
+    """Whether context + continuation (+ extra generated tokens) fit; a byte count bounds the token count cheaply."""
+    budget = model.max_length + 1 - extra  # the last token is only a target, never an input
+    if len((context + continuation).encode()) + 1 <= budget:
+        return True
+    return model.count_tokens(context) + model.count_tokens(continuation) <= budget
+
+
+def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0) -> Prompt:
+    """The prompt for one example at K shots; whole demonstrations drop from the front until it fits."""
+    task = prep.task
+    ids = fewshot.draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split)
+    query = prep.example(doc_id)
+    demos = [prep.example(i, from_pool=True) for i in ids]
+    target = task.target_delimiter + query.target
+    description = description_for(task, k)
+    dropped = 0
+    while True:
+        context = assemble(description, demos, query.input, task.fewshot_delimiter, task.target_delimiter)
+        if not demos or _fits(model, context, target, extra_tokens):
+            break
+        demos = demos[1:]
+        dropped += 1
+    return Prompt(doc_id, tuple(ids[dropped:]), context, target, dropped)
+
+
+def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
+    bar = tqdm(total=total, desc=desc, unit="req", dynamic_ncols=True, leave=False)
+    start = time.perf_counter()
+    tokens = [0]
+
+    def update(n_requests: int, n_tokens: int) -> None:
+        tokens[0] += n_tokens
+        bar.set_postfix_str(f"{tokens[0] / max(time.perf_counter() - start, 1e-9):,.0f} tok/s", refresh=False)
+        bar.update(n_requests)
+
+    return bar, update
+
+
+def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Record], list[dict[str, Any]], dict[str, int]]:
+    """Records, per-example sample logs and truncation counts for one task at K shots."""
+    task = prep.task
+    extra = task.max_new_tokens if task.output_type == "generate" else 0
+    prompts = [build_prompt(prep, d, k, settings.seed, model, extra) for d in prep.doc_ids]
+    bar, progress = _progress_bar(len(prompts), f"{task.name} {k}-shot")
+    try:
+        if task.output_type == "loglikelihood":
+            outs = model.loglikelihood([LoglikelihoodRequest(p.context, p.target) for p in prompts], progress)
+        elif task.output_type == "generate":
+            outs = model.generate([GenerationRequest(p.context, task.until, task.max_new_tokens) for p in prompts], progress)
+        else:
+            raise IclEvalError(f"{task.path}: output_type '{task.output_type}' is not supported by this version")
+    finally:
+        bar.close()
+
+    samples, items = [], {m: [] for m in task.metrics}
+    nonfinite = 0
+    for p, out in zip(prompts, outs):
+        sample: dict[str, Any] = {
+            "task": task.name, "shots": k, "doc_id": p.doc_id, "fewshot_ids": list(p.fewshot_ids),
+            "prompt_hash": prompt_hash(p.context, p.target), "target": p.target,
+        }
+        if task.output_type == "loglikelihood":
+            sample.update(loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, is_greedy=out.is_greedy)
+            if not out.finite:
+                # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
+                nonfinite += 1
+                sample["nonfinite"] = True
+                sample["metrics"] = {}
+                samples.append(sample)
+                continue
+            per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
+        else:
+            refs = [prep.example(p.doc_id).target]
+            sample.update(generation_raw=out.raw, generation=out.text)
+            per = {m: metrics.generation_item(m, out.text.strip(), refs) for m in task.metrics}
+        sample["metrics"] = per
+        for m, v in per.items():
+            items[m].append(v)
+        samples.append(sample)
+    n = len(prompts) - nonfinite
+    records = [Record(task.name, k, m, *metrics.aggregate(m, items[m]), n) for m in task.metrics]
+    counts = {
+        "demos_dropped": sum(p.demos_dropped > 0 for p in prompts),
+        "left_truncated": sum(bool(getattr(o, "left_truncated", False)) for o in outs),
+        "nonfinite": nonfinite,
+    }
+    return records, samples, counts
+
+
+def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: RunWriter, result: RunResult, echo: Callable[[str], None] = print) -> RunResult:
+    """Every task at every shot count with one loaded model; data loaded once per task."""
+    prepared = []
+    for task in tasks:
+        prep = prepare(task, settings)
+        max_k = max(settings.shots)
+        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max_k, len(prep.pool), prep.same_split)  # fail fast on K
+        prepared.append(prep)
+        subset = f"a seeded random subset of {len(prep.doc_ids)} of {len(prep.docs)} examples (--limit, seed {settings.seed})" if settings.limit and settings.limit < len(prep.docs) else f"all {len(prep.docs)} examples"
+        echo(f"{task.name}: {subset} from {prep.source}")
+        result.tasks[task.name] = {
+            "config_hash": task.config_hash(), "template_hash": template_hash(task), "output_type": task.output_type,
+            "n_docs": len(prep.docs), "n_evaluated": len(prep.doc_ids), "data_source": prep.source, "truncation": {},
+        }
+    for prep in prepared:
+        for k in settings.shots:
+            records, samples, counts = score_task(prep, k, model, settings)
+            result.records.extend(records)
+            result.tasks[prep.task.name]["truncation"][str(k)] = counts
+            if settings.log_samples:
+                writer.write_samples(prep.task.name, k, samples)
+    result.finished_at = now()
+    writer.write_results(result)
+    return result

@@ -1,0 +1,36 @@
+"""Drawing demonstrations: K per example, seeded by (task, seed, doc id) so they never depend on order or --limit."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from icl_eval.errors import IclEvalError
+
+
+def stable_rng(*parts: object) -> random.Random:
+    """A generator seeded from the parts' text, identical across processes and Python versions."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def draw(task: str, seed: int, doc_id: int, k: int, pool_size: int, same_split: bool) -> list[int]:
+    """Indices into the few-shot pool. With same_split, the pool is the eval split: never the example itself."""
+    available = pool_size - (1 if same_split else 0)
+    if k > available:
+        raise IclEvalError(f"task '{task}': --shots {k} is larger than the few-shot pool ({available} examples); use at most {available} shots")
+    if k == 0:
+        return []
+    rng = stable_rng(task, seed, doc_id)
+    # Drawing one extra keeps the draw the same size whether or not the example is in it.
+    picked = rng.sample(range(pool_size), min(k + 1, pool_size)) if same_split else rng.sample(range(pool_size), k)
+    if same_split:
+        picked = [i for i in picked if i != doc_id][:k]
+    return picked
+
+
+def subset(task: str, seed: int, n_docs: int, limit: int | None) -> list[int]:
+    """The documents evaluated: all, or a seeded random subset of `limit` (sorted, so logs read in order)."""
+    if limit is None or limit >= n_docs:
+        return list(range(n_docs))
+    return sorted(stable_rng(task, seed, "limit").sample(range(n_docs), limit))

@@ -1,0 +1,378 @@
+"""A Hugging Face causal LM scored by log-likelihood and greedy generation, batched."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from icl_eval.batching import plan_batches, run_splitting_on_oom
+from icl_eval.errors import IclEvalError
+from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
+
+BOS_POLICIES = ("tokenizer", "always", "never")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+Progress = Callable[[int, int], None]  # (requests done, tokens done) since the last call
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A request's tokens: the model reads context + continuation[:-1] and is scored on the continuation."""
+
+    context: list[int]
+    continuation: list[int]
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise IclEvalError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+class HFModel:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        *,
+        name: str = "model",
+        path: str = "",
+        batch_size: int | str = "auto",
+        bos_policy: str = "tokenizer",
+        max_length: int | None = None,
+    ) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise IclEvalError(f"{path or name}: icl-eval needs a fast (Rust) tokenizer for character offsets; provide tokenizer.json")
+        if bos_policy not in BOS_POLICIES:
+            raise IclEvalError(f"--bos {bos_policy}: choose one of {', '.join(BOS_POLICIES)}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.path = path
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.bos_policy = bos_policy
+        self.max_length = max_length or self._context_window()
+        self.max_rows = None if batch_size == "auto" else int(batch_size)
+        self.token_budget = self._auto_token_budget() if batch_size == "auto" else None
+        self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.adds_bos = self._tokenizer_adds_bos()
+        self._split_head = self._head_matches_full_forward()
+
+    # --- loading -------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int | str = "auto",
+        bos_policy: str = "tokenizer",
+        trust_remote_code: bool = False,
+    ) -> HFModel:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        local = Path(path)
+        if (path.startswith((".", "/", "~")) or os.sep in path.rstrip(os.sep) and local.exists()) and not local.is_dir():
+            raise IclEvalError(f"--model {path}: no such folder; give a Hugging Face checkpoint folder (config.json + weights) or a hub id")
+        dev = _device(device)
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:
+            raise IclEvalError(f"--model {path}: cannot read config.json ({type(e).__name__}: {str(e).splitlines()[0][:200]}); give a checkpoint folder or a reachable hub id") from None
+        if dtype == "auto":
+            torch_dtype = torch.float32 if dev.type == "cpu" else (getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32)
+        elif dtype in DTYPES:
+            torch_dtype = DTYPES[dtype]
+        else:
+            raise IclEvalError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except Exception as e:
+            raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
+        except ValueError as e:
+            raise IclEvalError(f"--model {path}: not a causal language model ({str(e).splitlines()[0][:200]})") from None
+        except OSError as e:
+            raise IclEvalError(f"--model {path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
+        model.to(dev)
+        name = local.name if local.is_dir() else path
+        return cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
+
+    def _context_window(self) -> int:
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            if isinstance(getattr(cfg, key, None), int):
+                return getattr(cfg, key)
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        return tok_max if isinstance(tok_max, int) and tok_max < 10**7 else 2048
+
+    def _auto_token_budget(self) -> int:
+        """Tokens per batch from free memory: a rough activation size per token, halved again on OOM."""
+        cfg = self.model.config
+        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
+        heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 16)
+        bytes_per_token = 4 * (12 * hidden + heads * self.max_length)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(self.max_length, min(int(free * 0.5 / bytes_per_token), 1 << 20))
+        # On a CPU large batches buy little speed and cost memory; a few thousand tokens is the sweet spot.
+        return max(self.max_length, 4096)
+
+    def _tokenizer_adds_bos(self) -> bool:
+        ids = self.tokenizer("a").input_ids
+        return bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
+
+    def _head_matches_full_forward(self) -> bool:
+        """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""
+        head = self.model.get_output_embeddings()
+        if head is None or not hasattr(self.model, "get_decoder"):
+            return False
+        ids = torch.tensor([[self.prefix_id or 0] * 4], device=self.device)
+        with torch.no_grad():
+            full = self.model(input_ids=ids).logits[0, -1].float()
+            split = head(self.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1]).float()
+        return torch.allclose(full, split, atol=1e-4, rtol=1e-3)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def bos_description(self) -> str:
+        added = "adds BOS" if self.adds_bos else "adds no BOS"
+        return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
+
+    def fingerprint(self) -> str:
+        """Identifies the weights and tokenizer: config, weight file names and sizes, tokenizer vocabulary size."""
+        h = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+        if self.path and Path(self.path).is_dir():
+            for f in sorted(Path(self.path).iterdir()):
+                if f.is_file():
+                    h.update(f"{f.name}:{f.stat().st_size}".encode())
+        else:  # an in-memory model: hash a sample of the weights
+            for _, p in sorted(self.model.state_dict().items())[:8]:
+                h.update(p.detach().float().cpu().flatten()[:256].numpy().tobytes())
+        h.update(str(len(self.tokenizer)).encode())
+        h.update(self.bos_policy.encode())
+        return h.hexdigest()[:32]
+
+    # --- tokenization --------------------------------------------------------------------
+    def _with_bos(self, ids: list[int]) -> list[int]:
+        if self.bos_policy == "never" or (self.bos_policy == "tokenizer" and not self.adds_bos):
+            return ids
+        return [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.prefix_id] + ids
+
+    def encode(self, text: str) -> list[int]:
+        return self._with_bos(self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def encode_pair(self, context: str, continuation: str) -> Encoded:
+        """Split tokenize(context + continuation) at the character boundary, using the tokenizer's offsets.
+
+        Trailing whitespace of the context moves to the continuation first (lm-eval's rule), so that
+        " 143" is one token rather than " " closing the context. A token that straddles the boundary
+        belongs to the continuation: it holds continuation characters.
+        """
+        n_space = len(context) - len(context.rstrip())
+        if n_space:
+            context, continuation = context[:-n_space], context[-n_space:] + continuation
+        if not continuation:
+            raise IclEvalError("empty continuation: a log-likelihood request needs text to score")
+        if not context:
+            return Encoded([self.prefix_id], self.tokenizer(continuation, add_special_tokens=False).input_ids)
+        enc = self.tokenizer(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
+        boundary = len(context)
+        split = next(
+            (i for i, (start, end) in enumerate(enc["offset_mapping"]) if end > boundary or start >= boundary),
+            len(enc["input_ids"]),
+        )
+        return Encoded(self._with_bos(enc["input_ids"][:split]), enc["input_ids"][split:])
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # --- log-likelihood ------------------------------------------------------------------
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None) -> list[LoglikelihoodResult]:
+        encoded = [self.encode_pair(r.context, r.continuation) for r in requests]
+        for r, e in zip(requests, encoded):
+            if len(e.continuation) > self.max_length:
+                raise IclEvalError(f"a continuation of {len(e.continuation)} tokens is longer than the model's context ({self.max_length}): {r.continuation[:60]!r}")
+        lengths = [min(len(e.context) + len(e.continuation) - 1, self.max_length) for e in encoded]
+        results: list[LoglikelihoodResult | None] = [None] * len(requests)
+        for batch in plan_batches(lengths, self.max_rows, self.token_budget):
+            for done, scored in run_splitting_on_oom(batch, lambda b: self._score_batch([encoded[i] for i in b]), self._halve_budget):
+                for i, res in zip(done, scored):
+                    results[i] = LoglikelihoodResult(
+                        res[0], len(encoded[i].continuation), len(requests[i].continuation), res[1],
+                        left_truncated=len(encoded[i].context) + len(encoded[i].continuation) - 1 > self.max_length,
+                        finite=res[2],
+                    )
+                if progress:
+                    progress(len(done), sum(lengths[i] for i in done))
+        return results  # type: ignore[return-value]
+
+    def _halve_budget(self) -> None:
+        if self.token_budget is not None:
+            self.token_budget = max(self.max_length, self.token_budget // 2)
+        if self.max_rows is not None:
+            self.max_rows = max(1, self.max_rows // 2)
+
+    @torch.no_grad()
+    def _score_batch(self, rows: list[Encoded]) -> list[tuple[float, bool, bool]]:
+        """(sum log-prob, is_greedy, finite) per row; log-softmax only at continuation positions."""
+        inputs = [(r.context + r.continuation)[:-1][-self.max_length :] for r in rows]
+        width = max(len(x) for x in inputs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
+            ids[b, : len(x)] = torch.tensor(x)
+            mask[b, : len(x)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        # The positions whose next-token distribution scores a continuation token.
+        row_idx, pos_idx, targets = [], [], []
+        for b, (x, r) in enumerate(zip(inputs, rows)):
+            n = len(r.continuation)
+            row_idx += [b] * n
+            pos_idx += range(len(x) - n, len(x))
+            targets += r.continuation
+        row_t = torch.tensor(row_idx, device=self.device)
+        pos_t = torch.tensor(pos_idx, device=self.device)
+        if self._split_head:
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            logits = self.model.get_output_embeddings()(hidden[row_t, pos_t])
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[row_t, pos_t]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        target_t = torch.tensor(targets, device=self.device)
+        token_lp = logprobs.gather(1, target_t[:, None])[:, 0]
+        greedy = logprobs.argmax(-1) == target_t
+        finite = torch.isfinite(logprobs).all(-1)
+        out, start = [], 0
+        for r in rows:
+            end = start + len(r.continuation)
+            out.append((token_lp[start:end].sum().item(), bool(greedy[start:end].all()), bool(finite[start:end].all())))
+            start = end
+        return out
+
+    # --- greedy generation ---------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest], progress: Progress | None = None) -> list[GenerationResult]:
+        encoded = []
+        for r in requests:
+            room = self.max_length - r.max_new_tokens
+            if room < 1:
+                raise IclEvalError(f"max_new_tokens {r.max_new_tokens} leaves no room for a prompt in the model's context ({self.max_length})")
+            ids = self.encode(r.context) or [self.prefix_id]
+            encoded.append((ids[-room:], len(ids) > room))
+        lengths = [len(ids) + r.max_new_tokens for (ids, _), r in zip(encoded, requests)]
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for batch in plan_batches(lengths, self.max_rows, self.token_budget):
+            rows = [(encoded[i][0], requests[i]) for i in batch]
+            for done, outs in run_splitting_on_oom(list(range(len(rows))), lambda b: self._generate_batch([rows[j] for j in b]), self._halve_budget):
+                for j, (raw, text, n) in zip(done, outs):
+                    i = batch[j]
+                    results[i] = GenerationResult(raw, text, n, left_truncated=encoded[i][1])
+                if progress:
+                    progress(len(done), sum(lengths[batch[j]] for j in done))
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _generate_batch(self, rows: list[tuple[list[int], GenerationRequest]]) -> list[tuple[str, str, int]]:
+        """Greedy decoding with a KV cache; a row that hits any of its stops leaves the batch at once."""
+        width = max(len(ids) for ids, _ in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for b, (x, _) in enumerate(rows):  # left padding: every row's next token is at the last column
+            ids[b, width - len(x) :] = torch.tensor(x)
+            mask[b, width - len(x) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        decoders = [_StopDecoder(self.tokenizer, r.until, r.max_new_tokens) for _, r in rows]
+        active = list(range(len(rows)))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        last_pos = positions[:, -1:]
+        eos = self.tokenizer.eos_token_id
+        while True:
+            next_tokens = out.logits[:, -1].argmax(-1).tolist()
+            keep = []
+            for k, (row, tok) in enumerate(zip(active, next_tokens)):
+                if not decoders[row].push(tok, eos):
+                    keep.append(k)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                keep_t = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(keep_t)
+                mask, last_pos = mask[keep_t], last_pos[keep_t]
+                next_tokens = [next_tokens[k] for k in keep]
+                active = [active[k] for k in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            last_pos = last_pos + 1
+            step = torch.tensor(next_tokens, device=self.device)[:, None]
+            out = self.model(input_ids=step, attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
+        return [d.result() for d in decoders]
+
+
+class _StopDecoder:
+    """Detokenizes one row incrementally and watches for its stop sequences in the new text only."""
+
+    def __init__(self, tokenizer, until: Sequence[str], max_new_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.until = [u for u in until if u]
+        self.longest_stop = max((len(u) for u in self.until), default=0)
+        self.max_new_tokens = max_new_tokens
+        self.tokens: list[int] = []
+        self.text = ""
+        self._prefix = 0  # start of the decode window
+        self._read = 0  # tokens before this index are already in self.text
+        self._stop_at: int | None = None
+        self.done = max_new_tokens == 0
+
+    def push(self, token: int, eos: int | None) -> bool:
+        """Add one generated token; True when the row is finished."""
+        if self.done:
+            return True
+        if token == eos:
+            self.done = True
+            return True
+        self.tokens.append(token)
+        # Decode a short window and keep only what the new token added: decoding a lone suffix would drop
+        # SentencePiece's leading spaces, and a character split over tokens shows as U+FFFD until complete.
+        before = self._decode(self.tokens[self._prefix : self._read])
+        after = self._decode(self.tokens[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            searched_from = max(0, len(self.text) - self.longest_stop + 1)
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.tokens)
+            hits = [i for u in self.until if (i := self.text.find(u, searched_from)) >= 0]
+            if hits:
+                self._stop_at = min(hits)
+                self.done = True
+        if len(self.tokens) >= self.max_new_tokens:
+            self.done = True
+        return self.done
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def result(self) -> tuple[str, str, int]:
+        if self._read < len(self.tokens):
+            before = self._decode(self.tokens[self._prefix : self._read])
+            self.text += self._decode(self.tokens[self._prefix :])[len(before) :]
+            self._read = len(self.tokens)
+            hits = [i for u in self.until if (i := self.text.find(u)) >= 0]
+            if hits:
+                self._stop_at = min(hits)
+        text = self.text if self._stop_at is None else self.text[: self._stop_at]
+        return self.text, text, len(self.tokens)

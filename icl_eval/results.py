@@ -1,0 +1,113 @@
+"""Run outputs on disk: results.json (metadata + flat records) and one samples file per task and shot count.
+
+Every file is written to a temporary name and renamed, so an interrupted run never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from icl_eval.errors import IclEvalError
+
+
+@dataclass(frozen=True)
+class Record:
+    task: str
+    shots: int
+    metric: str
+    value: float
+    stderr: float | None
+    n: int
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    started_at: str
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)
+    finished_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        from icl_eval import __version__
+
+        return {
+            "icl_eval_version": __version__,
+            "run_id": self.run_id,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "model": self.model,
+            "settings": self.settings,
+            "tasks": self.tasks,
+            "records": [asdict(r) for r in self.records],
+        }
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename; on failure the old file (if any) stays intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise IclEvalError(f"{path}: cannot write ({e.strerror or e}); free space or choose another --output") from None
+
+
+class RunWriter:
+    """Owns one run's folder: OUTPUT/<run-id>/results.json and samples/<task>_<K>shot.jsonl."""
+
+    def __init__(self, output: str | Path, run_id: str) -> None:
+        self.dir = Path(output) / run_id
+        try:
+            (self.dir / "samples").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise IclEvalError(f"--output {output}: cannot create the run folder ({e.strerror}); choose a writable --output") from None
+        if not os.access(self.dir, os.W_OK):
+            raise IclEvalError(f"--output {output}: not writable; choose a writable --output")
+
+    @property
+    def results_path(self) -> Path:
+        return self.dir / "results.json"
+
+    def write_samples(self, task: str, shots: int, samples: list[dict[str, Any]]) -> Path:
+        path = self.dir / "samples" / f"{task}_{shots}shot.jsonl"
+        atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        return path
+
+    def write_results(self, result: RunResult) -> Path:
+        atomic_write(self.results_path, json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return self.results_path
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IclEvalError(f"{p}: no results file there; give a run folder or its results.json") from None
+    except json.JSONDecodeError as e:
+        raise IclEvalError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None

@@ -1,0 +1,155 @@
+"""Task definitions: the YAML schema as a dataclass, loaded safely and checked field by field."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from icl_eval.errors import IclEvalError
+
+OUTPUT_TYPES = ("loglikelihood", "generate", "multiple_choice")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a task's documents come from: a local file under the data root, the hub, or a generator."""
+
+    local: str | None = None  # path relative to the data root (or absolute)
+    format: str | None = None  # jsonl | json | tsv | text; inferred from the extension when None
+    hub: str | None = None  # hub dataset id
+    hub_name: str | None = None  # hub config name
+    hub_split: str = "test"
+    generator: str | None = None  # Python plugin name in icl_eval.generators, used when no data is found
+    generator_args: dict[str, Any] = field(default_factory=dict)
+
+
+# eq=False: hashed by identity, so compiled templates can be cached per task object.
+@dataclass(frozen=True, eq=False)
+class TaskConfig:
+    name: str
+    output_type: str
+    template: str  # file in prompts/ with Jinja blocks `input` and `target`
+    data: DataSource
+    metrics: tuple[str, ...]
+    path: str = ""  # the YAML file this came from, for error messages
+    family: str = ""
+    description: str = ""  # natural-language task description, prepended once to the prompt
+    description_max_shots: int | None = None  # the paper dropped the description for few-shot in some tasks
+    fewshot: DataSource | None = None  # the demonstration pool; None = the eval split minus the example
+    fewshot_delimiter: str = "\n\n"  # between demonstrations, and between the last one and the query
+    target_delimiter: str = " "  # between an input and its target
+    until: tuple[str, ...] = ("\n",)  # stop sequences for generation
+    max_new_tokens: int = 32
+    contamination_fields: str = "both"  # input | target | both: what the n-gram check reads
+    prompts_dir: str = ""  # where `template` is looked up first
+
+    def config_hash(self) -> str:
+        """A hash of everything that changes the requests the task makes (not where it was loaded from)."""
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        d.pop("prompts_dir")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_DATA_KEYS = {f.name for f in dataclasses.fields(DataSource)}
+_TASK_KEYS = {f.name for f in dataclasses.fields(TaskConfig)} - {"path", "prompts_dir"}
+_REQUIRED = ("name", "output_type", "template", "data", "metrics")
+
+
+def _suggest(key: str, options: set[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, sorted(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_keys(d: dict, allowed: set[str], where: str) -> None:
+    for key in d:
+        if key not in allowed:
+            raise IclEvalError(f"{where}: unknown key '{key}'{_suggest(str(key), allowed)}; allowed keys: {', '.join(sorted(allowed))}")
+
+
+def _expect(value: Any, types: type | tuple[type, ...], where: str, what: str) -> Any:
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        names = " or ".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise IclEvalError(f"{where}: '{what}' must be {names}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _data_source(raw: Any, where: str) -> DataSource:
+    _expect(raw, dict, where, "data")
+    _check_keys(raw, _DATA_KEYS, where)
+    for key in ("local", "format", "hub", "hub_name", "hub_split", "generator"):
+        if key in raw and raw[key] is not None:
+            _expect(raw[key], str, where, key)
+    if "generator_args" in raw:
+        _expect(raw["generator_args"], dict, where, "generator_args")
+    src = DataSource(**raw)
+    if not (src.local or src.hub or src.generator):
+        raise IclEvalError(f"{where}: give at least one of 'local', 'hub' or 'generator'")
+    return src
+
+
+def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
+    """Check a parsed YAML mapping against the schema and build the TaskConfig."""
+    if not isinstance(raw, dict):
+        raise IclEvalError(f"{path}: a task file must be a YAML mapping of keys to values, got {type(raw).__name__}")
+    _check_keys(raw, _TASK_KEYS, path)
+    for key in _REQUIRED:
+        if key not in raw:
+            raise IclEvalError(f"{path}: missing required key '{key}'")
+    kw = dict(raw)
+    for key in ("name", "template", "family", "description", "fewshot_delimiter", "target_delimiter", "contamination_fields"):
+        if key in kw:
+            _expect(kw[key], str, path, key)
+    if kw["output_type"] not in OUTPUT_TYPES:
+        raise IclEvalError(f"{path}: 'output_type' must be one of {', '.join(OUTPUT_TYPES)}, got {kw['output_type']!r}{_suggest(str(kw['output_type']), OUTPUT_TYPES)}")
+    if kw.get("contamination_fields", "both") not in ("input", "target", "both"):
+        raise IclEvalError(f"{path}: 'contamination_fields' must be input, target or both")
+    kw["data"] = _data_source(kw["data"], f"{path} (data)")
+    if kw.get("fewshot") is not None:
+        kw["fewshot"] = _data_source(kw["fewshot"], f"{path} (fewshot)")
+    metrics = kw["metrics"]
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    _expect(metrics, list, path, "metrics")
+    from icl_eval.metrics import METRICS  # late: metrics imports nothing from here, but keep the schema module light
+
+    for m in metrics:
+        if m not in METRICS:
+            raise IclEvalError(f"{path}: unknown metric '{m}'{_suggest(str(m), tuple(METRICS))}; known: {', '.join(sorted(METRICS))}")
+    kw["metrics"] = tuple(metrics)
+    until = kw.get("until", ["\n"])
+    if isinstance(until, str):
+        until = [until]
+    _expect(until, list, path, "until")
+    kw["until"] = tuple(_expect(u, str, path, "until") for u in until)
+    for key in ("max_new_tokens", "description_max_shots"):
+        if kw.get(key) is not None:
+            _expect(kw[key], int, path, key)
+            if kw[key] < 0:
+                raise IclEvalError(f"{path}: '{key}' must be >= 0")
+    return TaskConfig(**kw, path=path, prompts_dir=prompts_dir)
+
+
+def load_task_file(path: Path, prompts_dir: Path | None = None) -> TaskConfig:
+    """Read one task YAML with the safe loader; syntax errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise IclEvalError(f"{path}: cannot read task file ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise IclEvalError(f"{path}{line}: YAML syntax error: {problem}; fix the YAML at that line") from None
+    if prompts_dir is None:
+        prompts_dir = path.parent.parent / "prompts" if (path.parent.parent / "prompts").is_dir() else path.parent
+    return parse_task(raw, str(path), str(prompts_dir))
