@@ -88,8 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _number(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
+
+
 def _print_table(records) -> None:
-    rows = [(r.task, str(r.shots), r.metric, f"{r.value:.4f}" + (f" ± {r.stderr:.4f}" if r.stderr is not None else ""), str(r.n)) for r in records]
+    rows = [(r.task, str(r.shots), r.metric, _number(r.value) + (f" ± {_number(r.stderr)}" if r.stderr is not None else ""), str(r.n)) for r in records]
     header = ("task", "shots", "metric", "value", "n")
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for row in [header, tuple("-" * w for w in widths), *rows]:

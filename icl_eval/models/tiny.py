@@ -63,10 +63,10 @@ def tiny_llama(vocab_size: int, max_positions: int = 256, seed: int = 0):
     return LlamaForCausalLM(cfg).eval()
 
 
-def save_tiny_checkpoint(folder: str | Path, arch: str = "gpt2", seed: int = 0, n_positions: int = 512) -> Path:
+def save_tiny_checkpoint(folder: str | Path, arch: str = "gpt2", seed: int = 0, n_positions: int = 512, tokenizer_dir: str | Path | None = None) -> Path:
     """Write a tiny random checkpoint (config, safetensors weights, tokenizer) that `--model` can load."""
     folder = Path(folder)
-    tok = build_tokenizer()
+    tok = gpt2_tokenizer_or_built(tokenizer_dir)
     model = tiny_gpt2(len(tok), n_positions, seed) if arch == "gpt2" else tiny_llama(len(tok), n_positions, seed)
     model.config.bos_token_id = model.config.eos_token_id = tok.eos_token_id
     model.save_pretrained(folder)
