@@ -116,3 +116,24 @@ def test_lambada_end_to_end_on_shared_data(tiny_checkpoint, shared, tmp_path, ca
     res = json.loads(Path(capsys.readouterr().out.strip().splitlines()[-1]).read_text())
     ppl = [r for r in res["records"] if r["metric"] == "perplexity"]
     assert len(ppl) == 4 and all(r["value"] > 1 for r in ppl)
+
+
+def test_several_shot_counts_load_model_and_data_once(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from icl_eval import evaluator
+    from icl_eval.models.hf import HFModel
+
+    calls = {"data": 0, "model": 0}
+    real_source, real_load = evaluator.load_source, HFModel.load.__func__
+
+    def counting_source(*a, **k):
+        calls["data"] += 1
+        return real_source(*a, **k)
+
+    def counting_load(cls, *a, **k):
+        calls["model"] += 1
+        return real_load(cls, *a, **k)
+
+    monkeypatch.setattr(evaluator, "load_source", counting_source)
+    monkeypatch.setattr(HFModel, "load", classmethod(counting_load))
+    assert main(["run", "--model", str(tiny_checkpoint), "--tasks", "arithmetic_2ds", "--shots", "0,1,2,3", "--limit", "3", "--output", str(tmp_path)]) == 0
+    assert calls == {"data": 1, "model": 1}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +79,9 @@ class HFModel:
     ) -> HFModel:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        local = Path(path)
-        if (path.startswith((".", "/", "~")) or os.sep in path.rstrip(os.sep) and local.exists()) and not local.is_dir():
+        local = Path(path).expanduser()
+        looks_local = path.startswith((".", "/", "~")) or local.exists()  # else it is a hub id like org/name
+        if looks_local and not local.is_dir():
             raise IclEvalError(f"--model {path}: no such folder; give a Hugging Face checkpoint folder (config.json + weights) or a hub id")
         dev = _device(device)
         try:
