@@ -71,7 +71,7 @@ def collect_tests(
         row = (rec.task, rec.metric, rec.shots)
         if row not in base_rows.index:
             continue
-        base_items = items(base_rows[row], *row[::2], rec.metric)
+        base_items = items(base_rows[row], rec.task, rec.shots, rec.metric)
         other_items = items(rec.run_dir, rec.task, rec.shots, rec.metric)
         if base_items is None or other_items is None:
             tests[(row, rec.column)] = Significance(None, 0, "no per-example sample logs")

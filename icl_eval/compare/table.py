@@ -78,7 +78,8 @@ def build_table(records: pd.DataFrame, columns: Sequence[Column]) -> Table:
     order = [c.label for c in columns if c.label in set(records["column"])]
 
     def pivot(field_name: str) -> pd.DataFrame:
-        wide = records.pivot_table(index=ROW_KEYS, columns="column", values=field_name, aggfunc="first", dropna=False)
+        # load.py keeps one record per (column, task, metric, shots), so unstack cannot meet duplicates.
+        wide = records.set_index([*ROW_KEYS, "column"])[field_name].astype(float).unstack("column")
         return wide.reindex(columns=order).sort_index()
 
     values = pivot("value")
