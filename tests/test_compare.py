@@ -239,7 +239,7 @@ def test_each_output_format(runs: Path, fmt: str, capsys) -> None:
         lines = out.splitlines()
         assert lines[0] == "| task | metric | shots | zeta-small | mid-medium | alpha-large |"
         assert lines[1].startswith("| --- | --- | ---: |")
-        assert re.search(r"\| \*\*0\.\d{3} ± 0\.\d{3}\*\* \(\+0\.\d{3}\*\) \|$", lines[2])
+        assert re.search(r"\| \*\*0\.\d{3} ± 0\.\d{3}\*\* \(\+0\.\d{3}\\\*\) \|$", lines[2])
         assert "p < 0.05" in out
     elif fmt == "csv":
         frame = pd.read_csv(io.StringIO(out))

@@ -27,7 +27,8 @@ def _rows(table: Table, escape: Callable[[str], str], bold: tuple[str, str]) -> 
 
 
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    # A literal significance star must not pair up with the bold markers added after escaping.
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("*", "\\*")
 
 
 def to_markdown(table: Table) -> str:

@@ -132,7 +132,8 @@ def _group_model_runs(runs: list[Run]) -> tuple[list[list[Run]], list[str]]:
     reasons: list[str] = []
     for run in sorted(runs, key=lambda r: (r.started_at, str(r.path))):
         for group in groups:
-            found = [f"{reason} ({member.path} / {run.path})" for member in group for reason in _conflicts(member, run)]
+            found = [(member, _conflicts(member, run)) for member in group]
+            found = [f"{', '.join(why)} (between {member.path} and {run.path})" for member, why in found if why]
             if not found:
                 group.append(run)
                 break

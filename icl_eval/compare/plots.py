@@ -66,6 +66,12 @@ def _errorbar(ax, x: np.ndarray, frame: pd.DataFrame, label: str) -> None:
     ax.errorbar(x, frame["value"].to_numpy(dtype=float), yerr=yerr, marker="o", capsize=3, label=label)
 
 
+def _legend(fig: Figure, ax, title: str) -> None:
+    # Below the axes rather than inside: lines of close models would otherwise run under it.
+    n = len(ax.get_legend_handles_labels()[1])
+    fig.legend(loc="outside lower center", ncols=min(n, 3), title=title, fontsize="small", title_fontsize="small")
+
+
 def scaling_plot(task: str, metric: str, records: pd.DataFrame, params: dict[str, int]) -> Plot | None:
     """Score against parameter count on a log axis, one line per shot count (the GPT-3 paper's Figure 3.x)."""
     rows = records[records["column"].isin(params.keys())].assign(params=lambda d: d["column"].map(params))
@@ -80,7 +86,7 @@ def scaling_plot(task: str, metric: str, records: pd.DataFrame, params: dict[str
     ax.xaxis.set_major_locator(FixedLocator(sizes))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([human_count(s) for s in sizes])
-    ax.legend(title="shots (K)")
+    _legend(fig, ax, "shots (K)")
     return Plot(f"{_safe(task)}_{_safe(metric)}_vs_params.png", title, task, _png(fig))
 
 
@@ -100,7 +106,7 @@ def shots_plot(task: str, metric: str, records: pd.DataFrame, order: Sequence[st
     ax.xaxis.set_major_locator(FixedLocator(ks))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(k) for k in ks])
-    ax.legend(title="model")
+    _legend(fig, ax, "model")
     return Plot(f"{_safe(task)}_{_safe(metric)}_vs_shots.png", title, task, _png(fig))
 
 

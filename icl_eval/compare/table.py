@@ -144,15 +144,15 @@ def cell_texts(table: Table, emphasise: Callable[[str], str] = lambda s: s) -> p
 
 
 def footnotes(table: Table, best_marker: str) -> list[str]:
-    notes = [f"Cells: value ± standard error. {best_marker}: best in its row (lowest for perplexity-like metrics)."]
+    notes = [f"Cells: value ± standard error. {best_marker.capitalize()}: best in its row (lowest for perplexity-like metrics)."]
     if table.baseline is None:
         return notes
     n_resamples, seed = table.bootstrap or (0, 0)
     notes.append(
-        f"In parentheses: difference to the baseline {table.baseline}; {SIGNIFICANT_MARK}: p < {ALPHA} "
+        f"In parentheses: difference to the baseline {table.baseline}; {SIGNIFICANT_MARK} p < {ALPHA} "
         f"in a two-sided paired bootstrap over per-example items matched by doc_id ({n_resamples} resamples, seed {seed})."
     )
-    untested: dict[str, list[str]] = {}
+    untested: dict[tuple[str, str], int] = {}
     for row in table.values.index:
         for label in table.values.columns:
             if label == table.baseline or np.isnan(table.deltas.at[row, label]):
@@ -160,8 +160,8 @@ def footnotes(table: Table, best_marker: str) -> list[str]:
             test = table.tests.get((row, label))
             if test is None or test.p_value is None:
                 reason = test.reason if test is not None else "no per-example sample logs"
-                untested.setdefault(reason, []).append(f"{row[0]} {row[2]}-shot {row[1]} ({label})")
-    for reason, cells in untested.items():
-        shown = ", ".join(cells[:6]) + (f" and {len(cells) - 6} more" if len(cells) > 6 else "")
-        notes.append(f"{UNTESTED_MARK}: not tested, {reason}: {shown}.")
+                where = f"{row[0]} {row[1]}"
+                untested[(where, reason)] = untested.get((where, reason), 0) + 1
+    for (where, reason), count in untested.items():
+        notes.append(f"{UNTESTED_MARK} not tested for {where} ({count} cells): {reason}.")
     return notes
