@@ -66,10 +66,15 @@ def _errorbar(ax, x: np.ndarray, frame: pd.DataFrame, label: str) -> None:
     ax.errorbar(x, frame["value"].to_numpy(dtype=float), yerr=yerr, marker="o", capsize=3, label=label)
 
 
-def _legend(fig: Figure, ax, title: str) -> None:
-    # Below the axes rather than inside: lines of close models would otherwise run under it.
+def _finish(fig: Figure, ax, ticks: Sequence[float], tick_labels: Sequence[str], legend_title: str) -> bytes:
+    # Ticks only where there is data: the model sizes or the K values actually run.
+    ax.xaxis.set_major_locator(FixedLocator(list(ticks)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels(list(tick_labels))
+    # Legend below the axes rather than inside: lines of close models would otherwise run under it.
     n = len(ax.get_legend_handles_labels()[1])
-    fig.legend(loc="outside lower center", ncols=min(n, 3), title=title, fontsize="small", title_fontsize="small")
+    fig.legend(loc="outside lower center", ncols=min(n, 3), title=legend_title, fontsize="small", title_fontsize="small")
+    return _png(fig)
 
 
 def scaling_plot(task: str, metric: str, records: pd.DataFrame, params: dict[str, int]) -> Plot | None:
@@ -83,11 +88,8 @@ def scaling_plot(task: str, metric: str, records: pd.DataFrame, params: dict[str
         _errorbar(ax, group["params"].to_numpy(dtype=float), group, f"{shots}-shot")
     ax.set_xscale("log")
     sizes = sorted(set(rows["params"]))
-    ax.xaxis.set_major_locator(FixedLocator(sizes))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([human_count(s) for s in sizes])
-    _legend(fig, ax, "shots (K)")
-    return Plot(f"{_safe(task)}_{_safe(metric)}_vs_params.png", title, task, _png(fig))
+    png = _finish(fig, ax, sizes, [human_count(s) for s in sizes], "shots (K)")
+    return Plot(f"{_safe(task)}_{_safe(metric)}_vs_params.png", title, task, png)
 
 
 def shots_plot(task: str, metric: str, records: pd.DataFrame, order: Sequence[str]) -> Plot | None:
@@ -103,11 +105,8 @@ def shots_plot(task: str, metric: str, records: pd.DataFrame, order: Sequence[st
     # symlog keeps K=0 on the axis while spreading 1, 8, 32... as on a log axis.
     ax.set_xscale("symlog", linthresh=1)
     ks = sorted(set(records["shots"]))
-    ax.xaxis.set_major_locator(FixedLocator(ks))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([str(k) for k in ks])
-    _legend(fig, ax, "model")
-    return Plot(f"{_safe(task)}_{_safe(metric)}_vs_shots.png", title, task, _png(fig))
+    png = _finish(fig, ax, ks, [str(k) for k in ks], "model")
+    return Plot(f"{_safe(task)}_{_safe(metric)}_vs_shots.png", title, task, png)
 
 
 def make_plots(records: pd.DataFrame, columns: Sequence[Column]) -> list[Plot]:
