@@ -93,6 +93,7 @@ def load_run(path: Path) -> Run:
     tasks = {
         name: TaskInfo(info.get("config_hash"), info.get("template_hash"))
         for name, info in (data.get("tasks") or {}).items()
+        if isinstance(info, dict)
     }
     records = _field(data, "records", path)
     for i, rec in enumerate(records):
@@ -171,7 +172,8 @@ def group_columns(runs: Iterable[Run]) -> tuple[list[Column], list[str]]:
             params = next((r.num_parameters for r in group if r.num_parameters), None)
             columns.append(Column(label, name, params, group))
     # Models without a parameter count go last: they cannot be placed on the scale.
-    columns.sort(key=lambda c: (c.num_parameters is None, c.num_parameters or 0, c.label))
+    # Stable sort: a model's own columns stay in the order its runs started.
+    columns.sort(key=lambda c: (c.num_parameters is None, c.num_parameters or 0, c.model_name))
     return columns, warnings
 
 
