@@ -1,0 +1,105 @@
+"""The `compare` subcommand: argument parsing and the side effects (reading logs, printing, writing files)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from icl_eval.compare import formats, load, plots, report, table
+from icl_eval.compare.significance import Aggregate, Significance, paired_bootstrap
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "compare",
+        help="compare run results across models: tables, scaling plots, an HTML report",
+        description="Compare `icl-eval run` results across models: a table with models as columns ordered by "
+        "parameter count, scaling plots, and a self-contained HTML report.",
+    )
+    parser.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files or directories searched recursively")
+    parser.add_argument("--tasks", type=_csv_list, help="comma-separated tasks to keep")
+    parser.add_argument("--metrics", type=_csv_list, help="comma-separated metrics to keep")
+    parser.add_argument("--format", choices=formats.FORMATS, default="md", help="table format on stdout (default: md)")
+    parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
+    parser.add_argument("--report", type=Path, metavar="FILE.html", help="write one self-contained HTML report")
+    parser.add_argument("--baseline", metavar="MODEL", help="show differences to MODEL, with paired-bootstrap significance")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --baseline (default: 1000)")
+    parser.add_argument("--seed", type=int, default=1234, help="bootstrap seed for --baseline (default: 1234)")
+    parser.set_defaults(func=run_command)
+    return parser
+
+
+def _harness_aggregate() -> Aggregate | None:
+    try:
+        from icl_eval.metrics import aggregate
+    except ImportError:  # an older or partial install: significance is then skipped for non-mean metrics
+        return None
+    return aggregate
+
+
+def collect_tests(
+    records: pd.DataFrame,
+    baseline: str,
+    aggregate: Aggregate | None,
+    n_resamples: int,
+    seed: int,
+    read_items: Callable[[Path, str, int], dict[str, dict] | None] = load.read_items,
+) -> dict[tuple[table.RowKey, str], Significance]:
+    """Paired-bootstrap every non-baseline cell against the baseline, reading each samples file once."""
+    cache: dict[tuple[Path, str, int], dict[str, dict] | None] = {}
+
+    def items(run_dir: Path, task: str, shots: int, metric: str) -> dict[str, object] | None:
+        key = (run_dir, task, shots)
+        if key not in cache:
+            cache[key] = read_items(run_dir, task, shots)
+        logged = cache[key]
+        if logged is None:
+            return None
+        return {doc: m[metric] for doc, m in logged.items() if m.get(metric) is not None}
+
+    base_rows = records[records["column"] == baseline].set_index(table.ROW_KEYS)["run_dir"]
+    tests: dict[tuple[table.RowKey, str], Significance] = {}
+    for rec in records[records["column"] != baseline].itertuples(index=False):
+        row = (rec.task, rec.metric, rec.shots)
+        if row not in base_rows.index:
+            continue
+        base_items = items(base_rows[row], rec.task, rec.shots, rec.metric)
+        other_items = items(rec.run_dir, rec.task, rec.shots, rec.metric)
+        if base_items is None or other_items is None:
+            tests[(row, rec.column)] = Significance(None, 0, "no per-example sample logs")
+            continue
+        tests[(row, rec.column)] = paired_bootstrap(
+            rec.metric, base_items, other_items, aggregate=aggregate, n_resamples=n_resamples, seed=seed
+        )
+    return tests
+
+
+def run_command(args: argparse.Namespace) -> int:
+    loaded = load.load(args.results)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    records = table.select(loaded.records, args.tasks, args.metrics)
+    result = table.build_table(records, loaded.columns)
+    if args.baseline:
+        baseline = table.resolve_baseline(args.baseline, loaded.columns)
+        tests = collect_tests(records, baseline, _harness_aggregate(), args.resamples, args.seed)
+        result = table.with_baseline(result, baseline, tests, args.resamples, args.seed)
+    sys.stdout.write(formats.render(result, args.format))
+    figures = plots.make_plots(records, loaded.columns) if (args.plot or args.report) else []
+    if args.plot:
+        written = plots.write_plots(figures, args.plot)
+        print(f"wrote {len(written)} plots to {args.plot}", file=sys.stderr)
+    if args.report:
+        sources = [str(run.path) for column in loaded.columns for run in column.runs]
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(report.build_report(result, figures, loaded.warnings, sources), encoding="utf-8")
+        print(f"wrote report to {args.report}", file=sys.stderr)
+    return 0

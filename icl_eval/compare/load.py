@@ -1,0 +1,246 @@
+"""Find and load `icl-eval run` results, and group runs into the columns of a comparison.
+
+Runs of one model are merged into one column only when they agree on everything that changes a score
+(package version, model fingerprint, each shared task's config and template hash); otherwise each
+compatible group becomes its own, distinctly labelled column and a warning says why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from icl_eval.errors import IclEvalError
+
+RESULTS_NAME = "results.json"
+RECORD_COLUMNS = ["column", "task", "metric", "shots", "value", "stderr", "n", "run_dir"]
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    config_hash: str | None
+    template_hash: str | None
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    run_id: str
+    started_at: str
+    version: str
+    model_name: str
+    num_parameters: int | None
+    fingerprint: str | None
+    tasks: dict[str, TaskInfo]
+    records: list[dict]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path.parent
+
+
+@dataclass
+class Column:
+    """One model column of the comparison: one run, or several compatible runs of the same model."""
+
+    label: str
+    model_name: str
+    num_parameters: int | None
+    runs: list[Run] = field(default_factory=list)
+
+
+@dataclass
+class Loaded:
+    columns: list[Column]
+    records: pd.DataFrame
+    warnings: list[str]
+
+
+def find_results(paths: Sequence[str | Path]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(path.rglob(RESULTS_NAME)))
+        else:
+            raise IclEvalError(f"{path}: no such file or directory; pass results.json files or run directories")
+    # The same file reached twice (a dir and a file inside it) must not become two runs.
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        shown = ", ".join(str(p) for p in paths)
+        raise IclEvalError(f"no {RESULTS_NAME} found under {shown}; pass the output directory of `icl-eval run`")
+    return unique
+
+
+def _field(data: dict, key: str, path: Path, where: str = ""):
+    if not isinstance(data, dict) or key not in data:
+        raise IclEvalError(f"{path}: missing field '{where}{key}'; is this a results.json written by `icl-eval run`?")
+    return data[key]
+
+
+def load_run(path: Path) -> Run:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IclEvalError(f"{path}: not readable as JSON ({exc}); pass a results.json written by `icl-eval run`") from exc
+    model = _field(data, "model", path)
+    tasks = {
+        name: TaskInfo(info.get("config_hash"), info.get("template_hash"))
+        for name, info in (data.get("tasks") or {}).items()
+        if isinstance(info, dict)
+    }
+    records = _field(data, "records", path)
+    for i, rec in enumerate(records):
+        for key in ("task", "shots", "metric", "value"):
+            _field(rec, key, path, where=f"records[{i}].")
+    return Run(
+        path=path,
+        run_id=str(data.get("run_id") or path.parent.name),
+        started_at=str(data.get("started_at") or ""),
+        version=str(data.get("icl_eval_version") or "unknown"),
+        model_name=str(_field(model, "name", path, where="model.")),
+        num_parameters=model.get("num_parameters"),
+        fingerprint=model.get("fingerprint"),
+        tasks=tasks,
+        records=records,
+    )
+
+
+def _conflicts(a: Run, b: Run) -> list[str]:
+    """Reasons two runs of the same model must not share a column."""
+    reasons = []
+    if a.version != b.version:
+        reasons.append(f"icl_eval_version {a.version} vs {b.version}")
+    if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:
+        reasons.append(f"model fingerprint {a.fingerprint[:12]} vs {b.fingerprint[:12]}")
+    for task in sorted(a.tasks.keys() & b.tasks.keys()):
+        for attr in ("config_hash", "template_hash"):
+            x, y = getattr(a.tasks[task], attr), getattr(b.tasks[task], attr)
+            if x and y and x != y:
+                reasons.append(f"{task} {attr} {x[:12]} vs {y[:12]}")
+    return reasons
+
+
+def _group_model_runs(runs: list[Run]) -> tuple[list[list[Run]], list[str]]:
+    """Greedy grouping in start order: a run joins the first group it has no conflict with."""
+    groups: list[list[Run]] = []
+    reasons: list[str] = []
+    for run in sorted(runs, key=lambda r: (r.started_at, str(r.path))):
+        for group in groups:
+            found = [(member, _conflicts(member, run)) for member in group]
+            found = [f"{', '.join(why)} (between {member.path} and {run.path})" for member, why in found if why]
+            if not found:
+                group.append(run)
+                break
+            reasons.extend(found)
+        else:
+            groups.append([run])
+    return groups, list(dict.fromkeys(reasons))
+
+
+def _labels(name: str, groups: list[list[Run]]) -> list[str]:
+    if len(groups) == 1:
+        return [name]
+    versions_differ = len({g[0].version for g in groups}) > 1
+    return [
+        f"{name} [{'v' + g[0].version + ' ' if versions_differ else ''}run {g[0].run_id}]"
+        for g in groups
+    ]
+
+
+def group_columns(runs: Iterable[Run]) -> tuple[list[Column], list[str]]:
+    by_model: dict[str, list[Run]] = {}
+    for run in runs:
+        by_model.setdefault(run.model_name, []).append(run)
+    columns: list[Column] = []
+    warnings: list[str] = []
+    for name, model_runs in by_model.items():
+        groups, reasons = _group_model_runs(model_runs)
+        labels = _labels(name, groups)
+        if len(groups) > 1:
+            warnings.append(
+                f"runs of {name} disagree ({'; '.join(reasons)}); not merged, kept as separate columns: "
+                + ", ".join(f"'{label}'" for label in labels)
+            )
+        for label, group in zip(labels, groups):
+            params = next((r.num_parameters for r in group if r.num_parameters), None)
+            columns.append(Column(label, name, params, group))
+    # Models without a parameter count go last: they cannot be placed on the scale.
+    # Stable sort: a model's own columns stay in the order its runs started.
+    columns.sort(key=lambda c: (c.num_parameters is None, c.num_parameters or 0, c.model_name))
+    return columns, warnings
+
+
+def _records_frame(columns: list[Column]) -> tuple[pd.DataFrame, list[str]]:
+    rows: dict[tuple, dict] = {}
+    warnings: list[str] = []
+    for column in columns:
+        for run in column.runs:  # start order, so a later run's record replaces an earlier one
+            for rec in run.records:
+                key = (column.label, rec["task"], rec["metric"], int(rec["shots"]))
+                if key in rows:
+                    warnings.append(
+                        f"{column.label}: {rec['task']} {rec['shots']}-shot {rec['metric']} is in "
+                        f"{rows[key]['run_dir'] / RESULTS_NAME} and {run.path}; using the later run {run.run_id}"
+                    )
+                stderr = rec.get("stderr")
+                rows[key] = {
+                    "column": column.label, "task": rec["task"], "metric": rec["metric"], "shots": int(rec["shots"]),
+                    "value": float(rec["value"]), "stderr": float(stderr) if stderr is not None else float("nan"),
+                    "n": rec.get("n"), "run_dir": run.run_dir,
+                }
+    return pd.DataFrame(list(rows.values()), columns=RECORD_COLUMNS), warnings
+
+
+def _cross_model_warnings(columns: list[Column]) -> list[str]:
+    """Different models scored with different task configs are still shown, but the reader should know."""
+    hashes: dict[str, dict[str, set[str]]] = {}
+    for column in columns:
+        for run in column.runs:
+            for task, info in run.tasks.items():
+                if info.config_hash:
+                    hashes.setdefault(task, {}).setdefault(column.model_name, set()).add(info.config_hash)
+    warnings = []
+    for task, per_model in sorted(hashes.items()):
+        models = sorted(per_model)
+        # Same-model disagreements are reported by the grouping; here only models sharing no config count.
+        apart = [(a, b) for i, a in enumerate(models) for b in models[i + 1:] if per_model[a].isdisjoint(per_model[b])]
+        if apart:
+            a, b = apart[0]
+            warnings.append(
+                f"{task}: {a} and {b} were evaluated with different task configs "
+                f"({', '.join(h[:12] for h in sorted(per_model[a] | per_model[b]))}); their columns may not be comparable"
+            )
+    return warnings
+
+
+def load(paths: Sequence[str | Path]) -> Loaded:
+    runs = [load_run(p) for p in find_results(paths)]
+    columns, warnings = group_columns(runs)
+    records, overlap = _records_frame(columns)
+    return Loaded(columns, records, warnings + overlap + _cross_model_warnings(columns))
+
+
+def read_items(run_dir: Path, task: str, shots: int) -> dict[str, dict] | None:
+    """Per-example metric items of one task and shot count, keyed by doc_id; None when not logged."""
+    path = run_dir / "samples" / f"{task}_{shots}shot.jsonl"
+    if not path.is_file():
+        return None
+    items: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({exc}); re-run with sample logging") from exc
+            # json.dumps keeps 1 and "1" apart while making any doc_id hashable.
+            items[json.dumps(sample.get("doc_id"))] = sample.get("metrics") or {}
+    return items

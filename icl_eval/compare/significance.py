@@ -1,0 +1,95 @@
+"""Paired bootstrap test of a score difference between two models on the same examples.
+
+The two-sided p-value is the share of resampled differences at least as far from the observed
+difference as the observed difference is from zero (the resampling distribution, shifted to the null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Aggregate = Callable[[str, list], tuple[float, "float | None"]]
+
+ALPHA = 0.05
+# Metrics whose value is not the mean of its items: they need the harness's own aggregate.
+NON_MEAN_METRICS = frozenset({"perplexity", "bleu", "chrf"})
+# Caps one block of resampled indices at ~32 MB, whatever the number of examples.
+_MAX_BLOCK_CELLS = 4_000_000
+
+
+@dataclass(frozen=True)
+class Significance:
+    p_value: float | None
+    n_pairs: int
+    reason: str = ""  # why no test was run, when p_value is None
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value is not None and self.p_value < ALPHA
+
+
+def _p_value(observed: float, resampled: np.ndarray) -> float:
+    extreme = np.count_nonzero(np.abs(resampled - observed) >= abs(observed))
+    # +1 on both sides: the observed sample is one of the resamples, so p is never exactly 0.
+    return float((extreme + 1) / (resampled.size + 1))
+
+
+def _bootstrap_mean_diff(diffs: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    n = diffs.size
+    block = max(1, _MAX_BLOCK_CELLS // n)
+    out = np.empty(n_resamples)
+    for start in range(0, n_resamples, block):
+        stop = min(n_resamples, start + block)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        out[start:stop] = diffs[idx].mean(axis=1)
+    return out
+
+
+def _bootstrap_aggregate(
+    metric: str, base: list, other: list, aggregate: Aggregate, n_resamples: int, rng: np.random.Generator
+) -> tuple[float, np.ndarray]:
+    observed = aggregate(metric, other)[0] - aggregate(metric, base)[0]
+    n = len(base)
+    out = np.empty(n_resamples)
+    for b in range(n_resamples):
+        idx = rng.integers(0, n, size=n)
+        out[b] = aggregate(metric, [other[i] for i in idx])[0] - aggregate(metric, [base[i] for i in idx])[0]
+    return observed, out
+
+
+def _is_number(item: object) -> bool:
+    return isinstance(item, (int, float))  # bool included: a correct/incorrect flag is a 0/1 item
+
+
+def paired_bootstrap(
+    metric: str,
+    base: dict[str, object],
+    other: dict[str, object],
+    *,
+    aggregate: Aggregate | None = None,
+    n_resamples: int = 1000,
+    seed: int = 1234,
+) -> Significance:
+    """Test other minus base on the examples both logged, matched by doc_id."""
+    shared = sorted(base.keys() & other.keys())
+    if not shared:
+        return Significance(None, 0, "no doc_id in common")
+    base_items = [base[k] for k in shared]
+    other_items = [other[k] for k in shared]
+    # A fresh generator per comparison keeps each p-value independent of which other rows were asked for.
+    rng = np.random.default_rng(seed)
+    numeric = all(_is_number(x) for x in base_items + other_items)
+    if numeric and metric not in NON_MEAN_METRICS:
+        diffs = np.asarray(other_items, dtype=float) - np.asarray(base_items, dtype=float)
+        observed = float(diffs.mean())
+        return Significance(_p_value(observed, _bootstrap_mean_diff(diffs, n_resamples, rng)), len(shared))
+    if aggregate is None:
+        return Significance(None, len(shared), f"{metric} needs icl_eval.metrics.aggregate, which is not available")
+    try:
+        observed, resampled = _bootstrap_aggregate(metric, base_items, other_items, aggregate, n_resamples, rng)
+    except (KeyError, ValueError, TypeError) as exc:
+        return Significance(None, len(shared), f"{metric} cannot be aggregated here ({exc.__class__.__name__}: {exc})")
+    return Significance(_p_value(observed, resampled), len(shared))
