@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 
 from icl_eval.compare import formats, load, plots, table
-from icl_eval.compare.__main__ import main as compare_main
+from icl_eval.cli import main as cli_main
 from icl_eval.compare.cli import collect_tests, register, run_command
 from icl_eval.compare.significance import paired_bootstrap
 from icl_eval.errors import IclEvalError
@@ -268,7 +268,7 @@ def test_filters_and_bad_input(runs: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(IclEvalError, match="missing field 'model'"):
         load.load([tmp_path / "bad.json"])
-    assert compare_main([str(tmp_path / "nope")]) == 2
+    assert cli_main(["compare", str(tmp_path / "nope")]) == 2
     assert "no such file or directory" in capsys.readouterr().err
 
 
