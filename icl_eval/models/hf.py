@@ -17,6 +17,8 @@ from icl_eval.requests import GenerationRequest, GenerationResult, Loglikelihood
 BOS_POLICIES = ("tokenizer", "always", "never")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 Progress = Callable[[int, int], None]  # (requests done, tokens done) since the last call
+# Called with (request index, result) as each result is computed, so a cache can store it before the run ends.
+OnResult = Callable[[int, object], None]
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,9 @@ class HFModel:
         return len(self.encode(text))
 
     # --- log-likelihood ------------------------------------------------------------------
-    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None) -> list[LoglikelihoodResult]:
+    def loglikelihood(
+        self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None, on_result: OnResult | None = None
+    ) -> list[LoglikelihoodResult]:
         encoded = [self.encode_pair(r.context, r.continuation) for r in requests]
         for r, e in zip(requests, encoded):
             if len(e.continuation) > self.max_length:
@@ -216,6 +220,8 @@ class HFModel:
                         left_truncated=len(encoded[i].context) + len(encoded[i].continuation) - 1 > self.max_length,
                         finite=res[2],
                     )
+                    if on_result:
+                        on_result(i, results[i])
                 if progress:
                     progress(len(done), sum(lengths[i] for i in done))
         return results  # type: ignore[return-value]
@@ -265,7 +271,9 @@ class HFModel:
         return out
 
     # --- greedy generation ---------------------------------------------------------------
-    def generate(self, requests: Sequence[GenerationRequest], progress: Progress | None = None) -> list[GenerationResult]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None, on_result: OnResult | None = None
+    ) -> list[GenerationResult]:
         encoded = []
         for r in requests:
             room = self.max_length - r.max_new_tokens
@@ -281,6 +289,8 @@ class HFModel:
                 for j, (raw, text, n) in zip(done, outs):
                     i = batch[j]
                     results[i] = GenerationResult(raw, text, n, left_truncated=encoded[i][1])
+                    if on_result:
+                        on_result(i, results[i])
                 if progress:
                     progress(len(done), sum(lengths[batch[j]] for j in done))
         return results  # type: ignore[return-value]
