@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from icl_eval.errors import IclEvalError
+from icl_eval.hub import hub_reachable
 from icl_eval.task_config import DataSource, TaskConfig
 
 Doc = dict
@@ -116,7 +117,7 @@ def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> 
             raise IclEvalError(f"{local}: the data file holds no examples; re-download it")
         return docs, str(local)
     hub_error = ""
-    if src.hub and not os.environ.get("HF_HUB_OFFLINE") and not os.environ.get("HF_DATASETS_OFFLINE"):
+    if src.hub and hub_reachable():
         try:
             return read_hub(src), f"hub:{src.hub}" + (f"/{src.hub_name}" if src.hub_name else "") + f":{src.hub_split}"
         except Exception as e:  # the hub raises many types (connection, missing config, auth)
