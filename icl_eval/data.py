@@ -97,6 +97,12 @@ def read_tsv(path: Path, src: DataSource) -> Iterator[Doc]:
             yield dict(zip(src.columns, row))
 
 
+def read_csv(path: Path, src: DataSource) -> Iterator[Doc]:
+    """Comma-separated with a header row naming the fields (StoryCloze's release)."""
+    with open_text(path) as f:
+        yield from (dict(row) for row in csv.DictReader(f))
+
+
 def read_records(path: Path, src: DataSource) -> Iterator[Doc]:
     """A record is `lines_per_record` consecutive lines (HellaSwag's text release); `columns` names them."""
     lines = _lines(path)
@@ -141,7 +147,7 @@ def _json_reader(reader: Callable[[Path], Iterator[Doc]]) -> Callable[[Path, Dat
 # Format name -> reader. A new local format is one function here.
 READERS: dict[str, Callable[[Path, DataSource], Iterator[Doc]]] = {
     "jsonl": _json_reader(read_jsonl), "json": _json_reader(read_json), "parquet": read_parquet,
-    "tsv": read_tsv, "records": read_records, "parallel": read_parallel,
+    "tsv": read_tsv, "csv": read_csv, "records": read_records, "parallel": read_parallel,
 }
 
 
@@ -149,7 +155,7 @@ def infer_format(path: Path) -> str:
     if parallel_files(path.name):
         return "parallel"
     suffix = Path(_strip_compression(path.name)).suffix.lstrip(".")
-    return {"txt": "text", "tsv": "tsv", "jsonl": "jsonl", "json": "json", "parquet": "parquet"}.get(suffix, suffix)
+    return {"txt": "text", "tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "json", "parquet": "parquet"}.get(suffix, suffix)
 
 
 def _add_line_fields(docs: list[Doc], src: DataSource, root: Path, path: Path) -> None:
