@@ -86,8 +86,13 @@ def sacrebleu_metric(name: str):
     return BLEU() if name == "bleu" else CHRF()
 
 
-def sacrebleu_signature(name: str) -> str:
-    return str(sacrebleu_metric(name).get_signature())
+def sacrebleu_signature(name: str, num_refs: int = 1) -> str:
+    """sacrebleu's reproducibility signature (tokeniser, smoothing, version...); it needs the reference count."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    metric = BLEU() if name == "bleu" else CHRF()
+    metric.num_refs = num_refs
+    return str(metric.get_signature())
 
 
 def sentence_statistics(name: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[list[int]]:
