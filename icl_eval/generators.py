@@ -41,26 +41,29 @@ UNSCRAMBLE_KINDS = ("cycle_letters", "anagrams1", "anagrams2", "random_insertion
 _RI_SEPARATORS = " ./!"
 
 
-def scramble(word: str, kind: str, rng: random.Random) -> str:
-    """One word scrambled by the paper's rule; never the word itself (the released files never are)."""
+def scramble(word: str, kind: str, rng: random.Random) -> str | None:
+    """One word scrambled by the paper's rule; None when no order differs from the word (the released files
+    never hold an unchanged word, e.g. "mirror" under A2)."""
     if kind == "reversed":
-        return word[::-1]
+        out = word[::-1]
+        return out if out != word else None
     if kind == "random_insertion":
         return "".join(ch + rng.choice(_RI_SEPARATORS) for ch in word[:-1]) + word[-1]
-    for _ in range(100):
-        if kind == "cycle_letters":
-            shift = rng.randrange(1, len(word))
-            out = word[shift:] + word[:shift]
-        elif kind in ("anagrams1", "anagrams2"):
-            keep = 1 if kind == "anagrams1" else 2
-            mid = list(word[keep:-keep])
-            rng.shuffle(mid)
-            out = word[:keep] + "".join(mid) + word[-keep:]
-        else:
-            raise IclEvalError(f"generator 'unscramble': unknown kind '{kind}'; use one of {', '.join(UNSCRAMBLE_KINDS)}")
+    if kind not in ("cycle_letters", "anagrams1", "anagrams2"):
+        raise IclEvalError(f"generator 'unscramble': unknown kind '{kind}'; use one of {', '.join(UNSCRAMBLE_KINDS)}")
+    if kind == "cycle_letters":
+        options = [word[s:] + word[:s] for s in range(1, len(word))]
+        options = [o for o in options if o != word]
+        return rng.choice(options) if options else None
+    keep = 1 if kind == "anagrams1" else 2
+    mid = list(word[keep:-keep])
+    if len(set(mid)) < 2:
+        return None
+    while True:  # terminates: at least two distinct letters, so some shuffle differs
+        rng.shuffle(mid)
+        out = word[:keep] + "".join(mid) + word[-keep:]
         if out != word:
             return out
-    return out  # a word whose letters allow no other order (e.g. "aaaaaa") stays as it is
 
 
 def unscramble(
@@ -78,8 +81,15 @@ def unscramble(
     if not words:
         raise IclEvalError(f"{path}: no words of {min_length} to {max_length} letters; check generator_args")
     rng = random.Random(f"unscramble:{kind}:{seed}")
-    chosen = [words[i] for i in rng.sample(range(len(words)), min(n, len(words)))]
-    return [{"context": f"\n{scramble(w, kind, rng)} =", "completion": f" {w}"} for w in chosen]
+    rng.shuffle(words)
+    docs = []
+    for w in words:
+        s = scramble(w, kind, rng)
+        if s is not None:
+            docs.append({"context": f"\n{s} =", "completion": f" {w}"})
+            if len(docs) == n:
+                break
+    return docs
 
 
 GENERATORS: dict[str, Callable[..., list[Doc]]] = {"arithmetic": arithmetic, "unscramble": unscramble}
