@@ -150,6 +150,17 @@ def aggregate(metric: str, items: list) -> tuple[float, float | None]:
     return METRICS[metric].aggregate(items)
 
 
+def value(metric: str, items: list) -> float:
+    """The metric alone, without its stderr: for resampling loops (a corpus metric's stderr is itself a bootstrap)."""
+    if METRICS[metric].corpus:
+        return _corpus_score(metric, np.asarray(items, dtype=np.int64).sum(axis=0)) if items else float("nan")
+    return aggregate(metric, items)[0]
+
+
+# Callers that only need values (icl_eval.compare.significance) look for this.
+aggregate.value_only = value  # type: ignore[attr-defined]
+
+
 def loglikelihood_item(metric: str, result: LoglikelihoodResult) -> float:
     """The per-example item of a log-likelihood task: acc is greedy match of the whole continuation."""
     if metric == "acc":
