@@ -172,7 +172,9 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
     task = prep.task
     extra = task.max_new_tokens if task.output_type == "generate" else 0
     prompts = [build_prompt(prep, d, k, settings.seed, model, extra) for d in prep.doc_ids]
-    n_requests = sum(len(p.requests) for p in prompts) * (2 if "acc_uncond" in task.metrics else 1)
+    n_requests = sum(len(p.requests) for p in prompts)
+    if "acc_uncond" in task.metrics:  # plus one unconditional request per distinct continuation
+        n_requests += len({cont for p in prompts for _, cont in p.requests})
     bar, progress = _progress_bar(n_requests, f"{task.name} {k}-shot")
     uncond = None
     try:
