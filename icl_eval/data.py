@@ -106,6 +106,8 @@ def read_csv(path: Path, src: DataSource) -> Iterator[Doc]:
 def read_records(path: Path, src: DataSource) -> Iterator[Doc]:
     """A record is `lines_per_record` consecutive lines (HellaSwag's text release); `columns` names them."""
     lines = _lines(path)
+    while lines and not lines[-1].strip():  # blank lines at the end of a file are not a record
+        lines.pop()
     n = src.lines_per_record
     names = src.columns or tuple(f"line{i}" for i in range(n))
     if len(names) != n:

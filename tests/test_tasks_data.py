@@ -49,7 +49,7 @@ def test_records_bz2_and_line_fields(tmp_path):
     import bz2
 
     with bz2.open(tmp_path / "r.txt.bz2", "wt") as f:
-        f.write("ctx A\n1\nx\ny\nctx B\n0\nz\nw\n")
+        f.write("ctx A\n1\nx\ny\nctx B\n0\nz\nw\n\n")  # a trailing blank line is not a record
     (tmp_path / "labels.lst").write_text("L1\nL2\n")
     src = DataSource(local="r.txt.bz2", format="records", lines_per_record=4, columns=("ctx", "label", "e0", "e1"), line_fields={"extra": "labels.lst"},
                      fields={"query": "ctx", "choices": "[e0, e1]", "gold": "label | int", "tag": "extra"})
