@@ -180,6 +180,13 @@ def _show_prompt(task, args: argparse.Namespace) -> None:
     print("\n--- repr ---")
     print(repr(p.context))
     print(repr(p.target))
+    if task.output_type == "multiple_choice":
+        # Every candidate's (context, continuation), exactly as scored; the gold one is marked.
+        gold = prep.example(args.index).gold
+        print(f"--- {len(p.requests)} candidates ({task.scoring} scoring), gold {gold} ---")
+        for i, (context, continuation) in enumerate(p.requests):
+            shown = repr(continuation) if task.scoring == "full" else f"{repr(context[-80:])} -> {repr(continuation)}"
+            print(f"{'*' if i == gold else ' '} [{i}] {shown}")
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import bz2
+import csv
 import gzip
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -71,13 +74,139 @@ def read_json(path: Path) -> Iterator[Doc]:
     yield from docs
 
 
+def read_parquet(path: Path, src: DataSource) -> Iterator[Doc]:
+    import pyarrow.parquet as pq
+
+    yield from pq.read_table(path).to_pylist()
+
+
+def _lines(path: Path) -> list[str]:
+    with open_text(path) as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def read_tsv(path: Path, src: DataSource) -> Iterator[Doc]:
+    """Tab-separated with CSV quoting (quoted cells may hold tabs and doubled quotes); `columns` names the cells."""
+    if not src.columns:
+        raise IclEvalError(f"{path}: a tsv source needs data.columns naming its columns, e.g. columns: [question, answers]")
+    with open_text(path) as f:
+        for lineno, row in enumerate(csv.reader(f, delimiter="\t"), 1):
+            if not row:
+                continue
+            if len(row) < len(src.columns):
+                raise IclEvalError(f"{path}:{lineno}: {len(row)} tab-separated cells, but data.columns names {len(src.columns)}")
+            yield dict(zip(src.columns, row))
+
+
+def read_csv(path: Path, src: DataSource) -> Iterator[Doc]:
+    """Comma-separated with a header row naming the fields (StoryCloze's release)."""
+    with open_text(path) as f:
+        yield from (dict(row) for row in csv.DictReader(f))
+
+
+def read_records(path: Path, src: DataSource) -> Iterator[Doc]:
+    """A record is `lines_per_record` consecutive lines (HellaSwag's text release); `columns` names them."""
+    lines = _lines(path)
+    while lines and not lines[-1].strip():  # blank lines at the end of a file are not a record
+        lines.pop()
+    n = src.lines_per_record
+    names = src.columns or tuple(f"line{i}" for i in range(n))
+    if len(names) != n:
+        raise IclEvalError(f"{path}: data.columns names {len(names)} lines but lines_per_record is {n}")
+    if len(lines) % n:
+        raise IclEvalError(f"{path}: {len(lines)} lines is not a multiple of lines_per_record {n}; the file is cut short or the setting is wrong")
+    for start in range(0, len(lines), n):
+        yield dict(zip(names, lines[start : start + n]))
+
+
+_BRACES = re.compile(r"^(.*)\{([^{}]+)\}(.*)$")
+
+
+def parallel_files(local: str) -> list[tuple[str, str]]:
+    """(column, path) for `prefix.{en,fr}`-style names of line-aligned files."""
+    m = _BRACES.match(local)
+    if not m:
+        return []
+    head, names, tail = m.groups()
+    return [(name.strip(), f"{head}{name.strip()}{tail}") for name in names.split(",")]
+
+
+def read_parallel(path: Path, src: DataSource) -> Iterator[Doc]:
+    files = parallel_files(str(path))
+    if len(files) < 2:
+        raise IclEvalError(f"{path}: a parallel source names its line-aligned files with braces, e.g. local: wmt/en-fr/newstest2014.{{en,fr}}")
+    columns = {name: _lines(Path(p)) for name, p in files}
+    lengths = {name: len(lines) for name, lines in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise IclEvalError(f"{path}: the parallel files are not line-aligned (line counts {lengths}); use the matching pair of files")
+    for row in zip(*columns.values()):
+        yield dict(zip(columns, row))
+
+
+def _json_reader(reader: Callable[[Path], Iterator[Doc]]) -> Callable[[Path, DataSource], Iterator[Doc]]:
+    return lambda path, src: reader(path)
+
+
 # Format name -> reader. A new local format is one function here.
-READERS: dict[str, Callable[[Path], Iterator[Doc]]] = {"jsonl": read_jsonl, "json": read_json}
+READERS: dict[str, Callable[[Path, DataSource], Iterator[Doc]]] = {
+    "jsonl": _json_reader(read_jsonl), "json": _json_reader(read_json), "parquet": read_parquet,
+    "tsv": read_tsv, "csv": read_csv, "records": read_records, "parallel": read_parallel,
+}
 
 
 def infer_format(path: Path) -> str:
+    if parallel_files(path.name):
+        return "parallel"
     suffix = Path(_strip_compression(path.name)).suffix.lstrip(".")
-    return {"txt": "text", "tsv": "tsv", "jsonl": "jsonl", "json": "json", "parquet": "parquet"}.get(suffix, suffix)
+    return {"txt": "text", "tsv": "tsv", "csv": "csv", "jsonl": "jsonl", "json": "json", "parquet": "parquet"}.get(suffix, suffix)
+
+
+def _add_line_fields(docs: list[Doc], src: DataSource, root: Path, path: Path) -> None:
+    for name, rel in src.line_fields.items():
+        extra = Path(rel) if Path(rel).is_absolute() else root / rel
+        try:
+            values = [v for v in _lines(extra) if v.strip()]
+        except OSError as e:
+            raise IclEvalError(f"{extra}: cannot read data.line_fields.{name} ({e.strerror}); it must sit beside {path}") from None
+        if len(values) != len(docs):
+            raise IclEvalError(f"{extra}: {len(values)} lines for data.line_fields.{name}, but {path} holds {len(docs)} examples")
+        for doc, value in zip(docs, values):
+            doc[name] = value
+
+
+def _parse_literals(docs: list[Doc], src: DataSource, path: Path) -> None:
+    for i, doc in enumerate(docs):
+        for name in src.literal_fields:
+            if name not in doc:
+                raise IclEvalError(f"{path}: data.literal_fields names '{name}', but example {i} has only {', '.join(sorted(doc))}")
+            if isinstance(doc[name], str):
+                try:
+                    doc[name] = ast.literal_eval(doc[name])
+                except (ValueError, SyntaxError):
+                    raise IclEvalError(f"{path}: example {i}, field '{name}': not a Python literal ({doc[name][:60]!r})") from None
+
+
+def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc]:
+    """Each document becomes {field: expression over the raw record}; no mapping keeps documents as they are."""
+    if not mapping:
+        return docs
+    import jinja2
+
+    from icl_eval.prompts import compile_expression
+
+    compiled = {name: compile_expression(expr, f"{where}.{name}") for name, expr in mapping.items()}
+    out = []
+    for i, raw in enumerate(docs):
+        doc = {}
+        for name, fn in compiled.items():
+            try:
+                doc[name] = fn(**raw, doc=raw)
+                if isinstance(doc[name], jinja2.Undefined):
+                    str(doc[name])  # StrictUndefined raises here, naming the missing field
+            except Exception as e:  # a missing field or a Python error inside the expression
+                raise IclEvalError(f"{where}.{name}: example {i}: {type(e).__name__}: {e}; the record's fields are: {', '.join(sorted(raw))}") from None
+        out.append(doc)
+    return out
 
 
 def read_local(src: DataSource, root: Path) -> list[Doc]:
@@ -87,16 +216,24 @@ def read_local(src: DataSource, root: Path) -> list[Doc]:
     if reader is None:
         raise IclEvalError(f"{path}: no reader for format '{fmt}'; set data.format to one of {', '.join(sorted(READERS))}")
     try:
-        return list(reader(path))
+        docs = list(reader(path, src))
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise IclEvalError(f"{path}: cannot read data file ({e}); re-download it") from None
+    _add_line_fields(docs, src, root, path)
+    _parse_literals(docs, src, path)
+    return map_fields(docs, src.fields, f"{path} (data.fields)")
 
 
 def read_hub(src: DataSource) -> list[Doc]:
     import datasets
 
     ds = datasets.load_dataset(src.hub, src.hub_name, split=src.hub_split)
-    return [dict(row) for row in ds]
+    return map_fields([dict(row) for row in ds], src.hub_fields, f"hub:{src.hub} (data.hub_fields)")
+
+
+def _local_exists(path: Path) -> bool:
+    files = parallel_files(str(path))
+    return all(Path(p).exists() for _, p in files) if files else path.exists()
 
 
 def _local_path(src: DataSource, root: Path | None) -> Path | None:
@@ -111,7 +248,7 @@ def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> 
     """Documents and a description of where they came from. Local first: it is explicit and offline."""
     root = data_root(data_dir)
     local = _local_path(src, root)
-    if local is not None and local.exists():
+    if local is not None and _local_exists(local):
         docs = read_local(src, root or Path("."))
         if not docs:
             raise IclEvalError(f"{local}: the data file holds no examples; re-download it")
@@ -125,7 +262,7 @@ def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> 
     if src.generator:
         from icl_eval.generators import generate
 
-        return generate(src.generator, seed, src.generator_args), f"generated:{src.generator}"
+        return generate(src.generator, seed, src.generator_args, root), f"generated:{src.generator}"
     tried = []
     if src.hub:
         tried.append(f"hub dataset '{src.hub}'" + (f" config '{src.hub_name}'" if src.hub_name else "") + hub_error)

@@ -12,8 +12,8 @@ from tqdm import tqdm
 from icl_eval import fewshot, metrics
 from icl_eval.data import load_source
 from icl_eval.errors import IclEvalError
-from icl_eval.prompts import Example, assemble, description_for, prompt_hash, render, template_hash
-from icl_eval.requests import GenerationRequest, LoglikelihoodRequest
+from icl_eval.prompts import Example, assemble, description_for, prompt_hash, query_input, render, template_hash
+from icl_eval.requests import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
 from icl_eval.results import Record, RunResult, RunWriter, now
 from icl_eval.task_config import TaskConfig
 
@@ -62,6 +62,8 @@ class Prompt:
     context: str
     target: str  # the gold continuation, target delimiter included
     demos_dropped: int  # demonstrations removed from the front to fit the model's context
+    # (context, continuation) per candidate of a multiple-choice example; (context, target) otherwise.
+    requests: tuple[tuple[str, str], ...] = ()
 
 
 def prepare(task: TaskConfig, settings: Settings) -> PreparedTask:
@@ -84,22 +86,42 @@ def _fits(model: Model, context: str, continuation: str, extra: int) -> bool:
     return model.count_tokens(context) + model.count_tokens(continuation) <= budget
 
 
+def request_pairs(task: TaskConfig, prefix: str, query: Example, k: int) -> list[tuple[str, str]]:
+    """(context, continuation) pairs of one example after the demonstrations' prefix.
+
+    Full multiple choice: one context string shared by every candidate (the backend encodes it once);
+    partial: each option closes its own context and the shared target is scored."""
+    delim = task.target_delimiter
+    if task.output_type == "multiple_choice":
+        if task.scoring == "partial":
+            return [(prefix + c, delim + query.target) for c in query.choices]
+        context = prefix + query.input
+        return [(context, delim + c) for c in query.choices]
+    return [(prefix + query_input(query, k), delim + query.target)]
+
+
 def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0) -> Prompt:
     """The prompt for one example at K shots; whole demonstrations drop from the front until it fits."""
     task = prep.task
     ids = fewshot.draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split)
     query = prep.example(doc_id)
     demos = [prep.example(i, from_pool=True) for i in ids]
-    target = task.target_delimiter + query.target
     description = description_for(task, k)
     dropped = 0
     while True:
-        context = assemble(description, demos, query.input, task.fewshot_delimiter, task.target_delimiter)
-        if not demos or _fits(model, context, target, extra_tokens):
+        # assemble() with an empty query is everything before the query: description and demonstrations.
+        prefix = assemble(description, demos, "", task.fewshot_delimiter, task.target_delimiter)
+        pairs = request_pairs(task, prefix, query, k)
+        longest = max(pairs, key=lambda pair: len(pair[0]) + len(pair[1]))
+        if not demos or _fits(model, *longest, extra_tokens):
             break
         demos = demos[1:]
         dropped += 1
-    return Prompt(doc_id, tuple(ids[dropped:]), context, target, dropped)
+    if task.output_type == "multiple_choice":
+        context, target = pairs[query.gold]
+    else:
+        context, target = pairs[0]
+    return Prompt(doc_id, tuple(ids[dropped:]), context, target, dropped, tuple(pairs))
 
 
 def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
@@ -115,17 +137,53 @@ def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable[[int, int], Non
     return bar, update
 
 
+def _request_log_likelihoods(task: TaskConfig, prompts: list[Prompt], model: Model, progress) -> tuple[list, list | None]:
+    """Per prompt, its candidates' results; and, for acc_uncond, each candidate's result after the neutral context.
+
+    One flat call so the backend batches everything together; unconditional requests are deduplicated (the same
+    answer text after the same neutral context is one request)."""
+    flat = [LoglikelihoodRequest(c, t) for p in prompts for c, t in p.requests]
+    uncond_index: dict[str, int] = {}
+    if "acc_uncond" in task.metrics:
+        for p in prompts:
+            for _, cont in p.requests:
+                uncond_index.setdefault(cont, len(uncond_index))
+    uncond_reqs = [LoglikelihoodRequest(task.uncond_context, cont) for cont in uncond_index]
+    outs = model.loglikelihood(flat + uncond_reqs, progress)
+    per_prompt, at = [], 0
+    for p in prompts:
+        per_prompt.append(outs[at : at + len(p.requests)])
+        at += len(p.requests)
+    if not uncond_index:
+        return per_prompt, None
+    uncond_out = outs[len(flat):]
+    return per_prompt, [[uncond_out[uncond_index[cont]] for _, cont in p.requests] for p in prompts]
+
+
+def _candidate_log(text: str, out: LoglikelihoodResult, uncond: LoglikelihoodResult | None) -> dict[str, Any]:
+    entry = {"text": text, "loglikelihood": out.loglikelihood, "n_tokens": out.n_tokens, "n_chars": out.n_chars, "is_greedy": out.is_greedy}
+    if uncond is not None:
+        entry["uncond_loglikelihood"] = uncond.loglikelihood
+    return entry
+
+
 def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Record], list[dict[str, Any]], dict[str, int]]:
     """Records, per-example sample logs and truncation counts for one task at K shots."""
     task = prep.task
     extra = task.max_new_tokens if task.output_type == "generate" else 0
     prompts = [build_prompt(prep, d, k, settings.seed, model, extra) for d in prep.doc_ids]
-    bar, progress = _progress_bar(len(prompts), f"{task.name} {k}-shot")
+    n_requests = sum(len(p.requests) for p in prompts)
+    if "acc_uncond" in task.metrics:  # plus one unconditional request per distinct continuation
+        n_requests += len({cont for p in prompts for _, cont in p.requests})
+    bar, progress = _progress_bar(n_requests, f"{task.name} {k}-shot")
+    uncond = None
     try:
         if task.output_type == "loglikelihood":
             outs = model.loglikelihood([LoglikelihoodRequest(p.context, p.target) for p in prompts], progress)
         elif task.output_type == "generate":
             outs = model.generate([GenerationRequest(p.context, task.until, task.max_new_tokens) for p in prompts], progress)
+        elif task.output_type == "multiple_choice":
+            outs, uncond = _request_log_likelihoods(task, prompts, model, progress)
         else:
             raise IclEvalError(f"{task.path}: output_type '{task.output_type}' is not supported by this version")
     finally:
@@ -133,25 +191,42 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
 
     samples, items = [], {m: [] for m in task.metrics}
     nonfinite = 0
-    for p, out in zip(prompts, outs):
+    if task.output_type == "generate":
+        predictions = [out.text.strip() for out in outs]
+        references = [list(prep.example(p.doc_id).references) for p in prompts]
+        per_metric = {m: metrics.generation_items(m, predictions, references, task.normalizer) for m in task.metrics}
+    for i, (p, out) in enumerate(zip(prompts, outs)):
         sample: dict[str, Any] = {
             "task": task.name, "shots": k, "doc_id": p.doc_id, "fewshot_ids": list(p.fewshot_ids),
             "prompt_hash": prompt_hash(p.context, p.target), "target": p.target,
         }
         if task.output_type == "loglikelihood":
             sample.update(loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, is_greedy=out.is_greedy)
-            if not out.finite:
-                # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
-                nonfinite += 1
-                sample["nonfinite"] = True
-                sample["metrics"] = {}
-                samples.append(sample)
-                continue
-            per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
+            finite = out.finite
+        elif task.output_type == "multiple_choice":
+            query = prep.example(p.doc_id)
+            unc = uncond[i] if uncond is not None else [None] * len(out)
+            sample["candidates"] = [_candidate_log(text, o, u) for text, o, u in zip(query.choices, out, unc)]
+            sample["gold"] = query.gold
+            finite = all(o.finite for o in out) and all(u is None or u.finite for u in unc)
         else:
-            refs = [prep.example(p.doc_id).target]
-            sample.update(generation_raw=out.raw, generation=out.text)
-            per = {m: metrics.generation_item(m, out.text.strip(), refs) for m in task.metrics}
+            sample.update(generation_raw=out.raw, generation=out.text, references=references[i])
+            finite = True
+        if not finite:
+            # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
+            nonfinite += 1
+            sample["nonfinite"] = True
+            sample["metrics"] = {}
+            samples.append(sample)
+            continue
+        if task.output_type == "loglikelihood":
+            per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
+        elif task.output_type == "multiple_choice":
+            preds = metrics.choice_predictions(out, uncond[i] if uncond is not None else None)
+            sample["predictions"] = {m: preds[m] for m in task.metrics}
+            per = {m: float(preds[m] == query.gold) for m in task.metrics}
+        else:
+            per = {m: per_metric[m][i] for m in task.metrics}
         sample["metrics"] = per
         for m, v in per.items():
             items[m].append(v)
@@ -160,10 +235,15 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
     records = [Record(task.name, k, m, *metrics.aggregate(m, items[m]), n) for m in task.metrics]
     counts = {
         "demos_dropped": sum(p.demos_dropped > 0 for p in prompts),
-        "left_truncated": sum(bool(getattr(o, "left_truncated", False)) for o in outs),
+        "left_truncated": sum(any(getattr(o, "left_truncated", False) for o in _candidates(x)) for x in outs),
         "nonfinite": nonfinite,
     }
     return records, samples, counts
+
+
+def _candidates(out) -> list:
+    """A multiple-choice example's results, or a single result as a one-item list."""
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: RunWriter, result: RunResult, echo: Callable[[str], None] = print) -> RunResult:
@@ -180,6 +260,9 @@ def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: 
             "config_hash": task.config_hash(), "template_hash": template_hash(task), "output_type": task.output_type,
             "n_docs": len(prep.docs), "n_evaluated": len(prep.doc_ids), "data_source": prep.source, "truncation": {},
         }
+        signatures = {m: metrics.sacrebleu_signature(m) for m in task.metrics if metrics.METRICS[m].corpus}
+        if signatures:
+            result.tasks[task.name]["sacrebleu"] = signatures
     for prep in prepared:
         for k in settings.shots:
             records, samples, counts = score_task(prep, k, model, settings)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from icl_eval.errors import IclEvalError
@@ -34,13 +36,71 @@ def _apply(op: str, x: int, y: int) -> int:
     return x + y if op == "+" else x - y if op == "-" else x * y
 
 
-GENERATORS: dict[str, Callable[..., list[Doc]]] = {"arithmetic": arithmetic}
+# GPT-3 Section 3.9.2. The separators RI inserts are those of the released file (space . / ! in equal shares).
+UNSCRAMBLE_KINDS = ("cycle_letters", "anagrams1", "anagrams2", "random_insertion", "reversed")
+_RI_SEPARATORS = " ./!"
 
 
-def generate(name: str, seed: int, args: dict[str, Any]) -> list[Doc]:
+def scramble(word: str, kind: str, rng: random.Random) -> str | None:
+    """One word scrambled by the paper's rule; None when no order differs from the word (the released files
+    never hold an unchanged word, e.g. "mirror" under A2)."""
+    if kind == "reversed":
+        out = word[::-1]
+        return out if out != word else None
+    if kind == "random_insertion":
+        return "".join(ch + rng.choice(_RI_SEPARATORS) for ch in word[:-1]) + word[-1]
+    if kind not in ("cycle_letters", "anagrams1", "anagrams2"):
+        raise IclEvalError(f"generator 'unscramble': unknown kind '{kind}'; use one of {', '.join(UNSCRAMBLE_KINDS)}")
+    if kind == "cycle_letters":
+        options = [word[s:] + word[:s] for s in range(1, len(word))]
+        options = [o for o in options if o != word]
+        return rng.choice(options) if options else None
+    keep = 1 if kind == "anagrams1" else 2
+    mid = list(word[keep:-keep])
+    if len(set(mid)) < 2:
+        return None
+    while True:  # terminates: at least two distinct letters, so some shuffle differs
+        rng.shuffle(mid)
+        out = word[:keep] + "".join(mid) + word[-keep:]
+        if out != word:
+            return out
+
+
+def unscramble(
+    seed: int, kind: str, wordlist: str = "wordlist/google-10000-english.txt", n: int = 10000,
+    min_length: int = 6, max_length: int = 15, data_root: Path | None = None,
+) -> list[Doc]:
+    """The released files' strings ("\\n{scrambled} =", " {word}") from a frequency-ordered word list; word
+    lengths default to those of the released files (6 to 15 letters)."""
+    path = Path(wordlist) if Path(wordlist).is_absolute() or data_root is None else data_root / wordlist
+    try:
+        words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]
+    except OSError:
+        raise IclEvalError(f"generator 'unscramble': word list {path} not found; pass --data-dir DIR holding {wordlist} (or the released gpt3/*.jsonl.gz files)") from None
+    words = [w for w in dict.fromkeys(words) if w.isalpha() and min_length <= len(w) <= max_length]
+    if not words:
+        raise IclEvalError(f"{path}: no words of {min_length} to {max_length} letters; check generator_args")
+    rng = random.Random(f"unscramble:{kind}:{seed}")
+    rng.shuffle(words)
+    docs = []
+    for w in words:
+        s = scramble(w, kind, rng)
+        if s is not None:
+            docs.append({"context": f"\n{s} =", "completion": f" {w}"})
+            if len(docs) == n:
+                break
+    return docs
+
+
+GENERATORS: dict[str, Callable[..., list[Doc]]] = {"arithmetic": arithmetic, "unscramble": unscramble}
+
+
+def generate(name: str, seed: int, args: dict[str, Any], data_root: Path | None = None) -> list[Doc]:
     if name not in GENERATORS:
         raise IclEvalError(f"unknown data generator '{name}'; known: {', '.join(sorted(GENERATORS))}")
+    fn = GENERATORS[name]
+    extra = {"data_root": data_root} if "data_root" in inspect.signature(fn).parameters else {}
     try:
-        return GENERATORS[name](seed, **args)
+        return fn(seed, **args, **extra)
     except TypeError as e:
         raise IclEvalError(f"generator '{name}': bad generator_args ({e})") from None

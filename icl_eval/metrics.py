@@ -6,12 +6,15 @@ so a subset (clean examples, a bootstrap resample) is scored exactly like the fu
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from icl_eval.requests import LoglikelihoodResult
 
@@ -44,6 +47,13 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
+NORMALIZERS: dict[str, Callable[[str], str]] = {
+    "answer": normalize_answer,
+    "strip": str.strip,
+    "lower": lambda text: text.strip().lower(),
+}
+
+
 def exact_match(prediction: str, references: Sequence[str], normalize: Callable[[str], str] = normalize_answer) -> float:
     pred = normalize(prediction)
     return float(any(pred == normalize(r) for r in references))
@@ -64,23 +74,91 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
     return best
 
 
+# Corpus BLEU and chrF: an item is one sentence's sufficient statistics (n-gram matches and totals, JSON ints),
+# and the score of any subset is computed from the summed statistics, exactly as sacrebleu's corpus score.
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def sacrebleu_metric(name: str):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    return BLEU() if name == "bleu" else CHRF()
+
+
+def sacrebleu_signature(name: str, num_refs: int = 1) -> str:
+    """sacrebleu's reproducibility signature (tokeniser, smoothing, version...); it needs the reference count."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    metric = BLEU() if name == "bleu" else CHRF()
+    metric.num_refs = num_refs
+    return str(metric.get_signature())
+
+
+def sentence_statistics(name: str, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Per-sentence statistics; every sentence needs the same number of references (sacrebleu's streams)."""
+    n_refs = max(len(r) for r in references)
+    streams = [[r[i] if i < len(r) else r[0] for r in references] for i in range(n_refs)]
+    stats = sacrebleu_metric(name)._extract_corpus_statistics(list(predictions), streams)
+    return [[int(x) for x in row] for row in stats]
+
+
+def _corpus_score(name: str, summed: Sequence[float]) -> float:
+    return float(sacrebleu_metric(name)._compute_score_from_stats([int(x) for x in summed]).score)
+
+
+def corpus_score_stderr(name: str, items: list) -> tuple[float, float | None]:
+    """The corpus score from summed statistics, and a bootstrap stderr that resamples sentences' statistics
+    (a multinomial count per sentence and one matrix product: no re-tokenising of text)."""
+    if not items:
+        return float("nan"), None
+    stats = np.asarray(items, dtype=np.int64)
+    value = _corpus_score(name, stats.sum(axis=0))
+    n = len(stats)
+    if n < 2:
+        return value, None
+    rng = np.random.default_rng(0)  # fixed: the stderr of one set of items must not change between calls
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=BOOTSTRAP_RESAMPLES)
+    resampled = [_corpus_score(name, row) for row in counts @ stats]
+    return value, float(np.std(resampled, ddof=1))
+
+
 @dataclass(frozen=True)
 class Metric:
     aggregate: Callable[[list], tuple[float, float | None]]
     higher_is_better: bool = True
+    output_types: tuple[str, ...] = ("loglikelihood",)
+    corpus: bool = False  # items are computed for all examples at once (sacrebleu statistics)
 
 
+_MC = ("multiple_choice",)
+_GEN = ("generate",)
 METRICS: dict[str, Metric] = {
-    "acc": Metric(mean_stderr),
+    "acc": Metric(mean_stderr, output_types=("loglikelihood", "multiple_choice")),
     "perplexity": Metric(perplexity, higher_is_better=False),
-    "exact_match": Metric(mean_stderr),
-    "f1": Metric(mean_stderr),
+    "acc_norm": Metric(mean_stderr, output_types=_MC),
+    "acc_uncond": Metric(mean_stderr, output_types=_MC),
+    "exact_match": Metric(mean_stderr, output_types=_GEN),
+    "f1": Metric(mean_stderr, output_types=_GEN),
+    "bleu": Metric(functools.partial(corpus_score_stderr, "bleu"), output_types=_GEN, corpus=True),
+    "chrf": Metric(functools.partial(corpus_score_stderr, "chrf"), output_types=_GEN, corpus=True),
 }
 
 
 def aggregate(metric: str, items: list) -> tuple[float, float | None]:
     """(value, stderr) of a metric over per-example items."""
     return METRICS[metric].aggregate(items)
+
+
+def value(metric: str, items: list) -> float:
+    """The metric alone, without its stderr: for resampling loops (a corpus metric's stderr is itself a bootstrap)."""
+    if METRICS[metric].corpus:
+        return _corpus_score(metric, np.asarray(items, dtype=np.int64).sum(axis=0)) if items else float("nan")
+    return aggregate(metric, items)[0]
+
+
+# Callers that only need values (icl_eval.compare.significance) look for this.
+aggregate.value_only = value  # type: ignore[attr-defined]
 
 
 def loglikelihood_item(metric: str, result: LoglikelihoodResult) -> float:
@@ -92,9 +170,33 @@ def loglikelihood_item(metric: str, result: LoglikelihoodResult) -> float:
     raise ValueError(f"metric '{metric}' does not apply to log-likelihood tasks")
 
 
-def generation_item(metric: str, prediction: str, references: Sequence[str]):
+def generation_item(metric: str, prediction: str, references: Sequence[str], normalizer: str = "answer"):
     if metric == "exact_match":
-        return exact_match(prediction, references)
+        return exact_match(prediction, references, NORMALIZERS[normalizer])
     if metric == "f1":
         return token_f1(prediction, references)
     raise ValueError(f"metric '{metric}' does not apply to generation tasks")
+
+
+def generation_items(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]], normalizer: str = "answer") -> list:
+    """Per-example items for a whole task at once (corpus metrics extract their statistics in one call)."""
+    if METRICS[metric].corpus:
+        return sentence_statistics(metric, predictions, references)
+    return [generation_item(metric, p, r, normalizer) for p, r in zip(predictions, references)]
+
+
+# Multiple choice: which candidate each rule picks. Ties go to the first candidate.
+def _argmax(scores: Sequence[float]) -> int:
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
+def choice_predictions(results: Sequence[LoglikelihoodResult], uncond: Sequence[LoglikelihoodResult] | None = None) -> dict[str, int]:
+    """acc: largest sum of log-probs; acc_norm: largest per character of the continuation;
+    acc_uncond: largest log P(choice | context) - log P(choice | neutral context)."""
+    preds = {
+        "acc": _argmax([r.loglikelihood for r in results]),
+        "acc_norm": _argmax([r.loglikelihood / max(r.n_chars, 1) for r in results]),
+    }
+    if uncond is not None:
+        preds["acc_uncond"] = _argmax([r.loglikelihood - u.loglikelihood for r, u in zip(results, uncond)])
+    return preds

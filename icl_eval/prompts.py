@@ -14,17 +14,34 @@ from icl_eval.errors import IclEvalError
 from icl_eval.registry import builtin_dir
 from icl_eval.task_config import TaskConfig
 
-# A template file defines these blocks; `choices` only for multiple-choice tasks.
+# The blocks a template must define, by output type. Multiple choice takes its candidates from the YAML's
+# `choices`: full scoring needs only `input`; partial scoring only `target` (the continuation all options share).
+# An optional `input_zero_shot` block replaces `input` for the query of a zero-shot prompt (GPT-3 translation).
 BLOCKS = ("input", "target")
+ZERO_SHOT_BLOCK = "input_zero_shot"
+
+
+def required_blocks(task: TaskConfig) -> tuple[str, ...]:
+    if task.output_type == "multiple_choice":
+        return ("target",) if task.scoring == "partial" else ("input",)
+    return BLOCKS
 
 
 @dataclass(frozen=True)
 class Example:
-    """One document rendered by its task's template, before any demonstrations."""
+    """One document rendered by its task's template, before any demonstrations.
+
+    Multiple choice: `choices` are the candidate continuations (full scoring) or the candidate query inputs
+    (partial scoring, each the shared input followed by one option); `input`/`target` show the gold one.
+    """
 
     doc_id: int
     input: str
     target: str
+    choices: tuple[str, ...] = ()
+    gold: int | None = None
+    references: tuple[str, ...] = ()  # accepted answers of a generation task
+    input_zero_shot: str | None = None
 
 
 def _template_dirs(task: TaskConfig) -> list[Path]:
@@ -58,10 +75,43 @@ def load_template(task: TaskConfig) -> jinja2.Template:
         raise IclEvalError(f"{task.path}: template '{task.template}' (field 'template') not found in {dirs}") from None
     except jinja2.TemplateSyntaxError as e:
         raise IclEvalError(f"{e.filename or task.template}:{e.lineno}: template syntax error: {e.message}") from None
-    missing = [b for b in BLOCKS if b not in tmpl.blocks]
+    missing = [b for b in required_blocks(task) if b not in tmpl.blocks]
     if missing:
-        raise IclEvalError(f"{tmpl.filename}: missing block(s) {', '.join(missing)}; define {{% block input %}}...{{% endblock %}} and {{% block target %}}...{{% endblock %}}")
+        need = " and ".join(f"{{% block {b} %}}...{{% endblock %}}" for b in required_blocks(task))
+        raise IclEvalError(f"{tmpl.filename}: missing block(s) {', '.join(missing)}; define {need}")
     return tmpl
+
+
+@functools.lru_cache(maxsize=None)
+def compile_expression(expression: str, where: str):
+    """A sandboxed Jinja expression (YAML `choices`, `gold`, `references`, data field mappings)."""
+    env = _environment(())
+    try:
+        return env.compile_expression(expression, undefined_to_none=False)
+    except jinja2.TemplateSyntaxError as e:
+        raise IclEvalError(f"{where}: not a valid Jinja expression ({e.message}): {expression!r}") from None
+
+
+def eval_expression(task: TaskConfig, key: str, doc: dict, doc_id: int):
+    expression = getattr(task, key)
+    fn = compile_expression(expression, f"{task.path} ('{key}')")
+    try:
+        value = fn(**task.template_vars, **doc, doc=doc, doc_id=doc_id)
+        if isinstance(value, jinja2.Undefined):
+            str(value)  # raises with the undefined name
+        return value
+    except jinja2.UndefinedError as e:
+        raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {e.message}; the document's fields are: {', '.join(sorted(doc))}") from None
+    except SecurityError as e:
+        raise IclEvalError(f"{task.path} ('{key}'): unsafe expression refused ({e})") from None
+    except Exception as e:  # a Python error inside the expression
+        raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {type(e).__name__}: {e}") from None
+
+
+def _string_list(task: TaskConfig, key: str, value, doc_id: int) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+        raise IclEvalError(f"{task.path}: '{key}: {getattr(task, key)}' must give a non-empty list of strings, got {value!r} for doc {doc_id}")
+    return tuple(str(v) for v in value)
 
 
 def template_hash(task: TaskConfig) -> str:
@@ -71,8 +121,10 @@ def template_hash(task: TaskConfig) -> str:
 
 def render_block(task: TaskConfig, block: str, doc: dict, doc_id: int) -> str:
     tmpl = load_template(task)
+    if block not in tmpl.blocks:
+        return ""  # optional for this output type (see required_blocks)
     try:
-        ctx = tmpl.new_context({**doc, "doc": doc, "doc_id": doc_id})
+        ctx = tmpl.new_context({**task.template_vars, **doc, "doc": doc, "doc_id": doc_id})
         return "".join(tmpl.blocks[block](ctx))
     except jinja2.UndefinedError as e:
         raise IclEvalError(f"{tmpl.filename} (block '{block}'), doc {doc_id}: {e.message}; the document's fields are: {', '.join(sorted(doc))}") from None
@@ -91,7 +143,29 @@ def render_example(task: TaskConfig, doc: dict, doc_id: int = 0) -> tuple[str, s
 
 def render(task: TaskConfig, doc: dict, doc_id: int) -> Example:
     inp, tgt = render_example(task, doc, doc_id)
-    return Example(doc_id, inp, tgt)
+    zero = render_block(task, ZERO_SHOT_BLOCK, doc, doc_id) if ZERO_SHOT_BLOCK in load_template(task).blocks else None
+    if task.output_type == "generate":
+        refs = _string_list(task, "references", eval_expression(task, "references", doc, doc_id), doc_id) if task.references else (tgt,)
+        return Example(doc_id, inp, tgt, references=refs, input_zero_shot=zero)
+    if task.output_type != "multiple_choice":
+        return Example(doc_id, inp, tgt, input_zero_shot=zero)
+    choices = _string_list(task, "choices", eval_expression(task, "choices", doc, doc_id), doc_id)
+    gold = eval_expression(task, "gold", doc, doc_id)
+    try:
+        gold = int(gold)
+    except (TypeError, ValueError):
+        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' must give a choice index, got {gold!r} for doc {doc_id}") from None
+    if not 0 <= gold < len(choices):
+        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' gives {gold} for doc {doc_id}, which has {len(choices)} choices (0-based)")
+    if task.scoring == "partial":
+        inputs = tuple(inp + c for c in choices)
+        return Example(doc_id, inputs[gold], tgt, inputs, gold)
+    return Example(doc_id, inp, choices[gold], choices, gold, input_zero_shot=zero)
+
+
+def query_input(example: Example, shots: int) -> str:
+    """The query as shown after the demonstrations: a zero-shot form where the template has one."""
+    return example.input_zero_shot if shots == 0 and example.input_zero_shot is not None else example.input
 
 
 def description_for(task: TaskConfig, shots: int) -> str:

@@ -15,6 +15,8 @@ import yaml
 from icl_eval.errors import IclEvalError
 
 OUTPUT_TYPES = ("loglikelihood", "generate", "multiple_choice")
+SCORING_MODES = ("full", "partial")
+NORMALIZERS = ("answer", "strip", "lower")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,15 @@ class DataSource:
     """Where a task's documents come from: a local file under the data root, the hub, or a generator."""
 
     local: str | None = None  # path relative to the data root (or absolute)
-    format: str | None = None  # jsonl | json | tsv | text; inferred from the extension when None
+    # jsonl | json | parquet | tsv | parallel | records; inferred from the extension when None.
+    # `parallel`: local names line-aligned files with braces, e.g. wmt/en-fr/newstest2014.{en,fr}.
+    format: str | None = None
+    columns: tuple[str, ...] = ()  # tsv: names of the columns; records: names of the lines of one record
+    lines_per_record: int = 0  # records: a record is this many consecutive lines
+    line_fields: dict[str, str] = field(default_factory=dict)  # extra field -> line-aligned file (e.g. labels)
+    literal_fields: tuple[str, ...] = ()  # fields holding Python literals (e.g. "['a', 'b']"), parsed safely
+    fields: dict[str, str] = field(default_factory=dict)  # local docs: field -> Jinja expression over the raw record
+    hub_fields: dict[str, str] = field(default_factory=dict)  # hub rows: the same mapping for the hub's layout
     hub: str | None = None  # hub dataset id
     hub_name: str | None = None  # hub config name
     hub_split: str = "test"
@@ -47,6 +57,18 @@ class TaskConfig:
     target_delimiter: str = " "  # between an input and its target
     until: tuple[str, ...] = ("\n",)  # stop sequences for generation
     max_new_tokens: int = 32
+    # Generation scoring: accepted answers (a Jinja expression yielding a list; default the target) and the
+    # exact-match normaliser: answer (SQuAD: lowercase, no punctuation or articles), strip, or lower.
+    references: str | None = None
+    normalizer: str = "answer"
+    # Multiple choice: `choices` and `gold` are Jinja expressions over the document (a field name is one).
+    # full: every choice is a continuation of one shared context; partial: each choice ends its own context and
+    # the shared target is scored (Winogrande). acc_uncond divides by P(choice | uncond_context).
+    choices: str | None = None
+    gold: str | None = None
+    scoring: str = "full"
+    uncond_context: str = "Answer:"
+    template_vars: dict[str, Any] = field(default_factory=dict)  # extra variables for the template (one template, many tasks)
     contamination_fields: str = "both"  # input | target | both: what the n-gram check reads
     prompts_dir: str = ""  # where `template` is looked up first
 
@@ -84,11 +106,23 @@ def _expect(value: Any, types: type | tuple[type, ...], where: str, what: str) -
 def _data_source(raw: Any, where: str) -> DataSource:
     _expect(raw, dict, where, "data")
     _check_keys(raw, _DATA_KEYS, where)
+    raw = dict(raw)
     for key in ("local", "format", "hub", "hub_name", "hub_split", "generator"):
         if key in raw and raw[key] is not None:
             _expect(raw[key], str, where, key)
-    if "generator_args" in raw:
-        _expect(raw["generator_args"], dict, where, "generator_args")
+    for key in ("generator_args", "line_fields", "fields", "hub_fields"):
+        if key in raw:
+            _expect(raw[key], dict, where, key)
+    for key in ("line_fields", "fields", "hub_fields"):
+        for name, value in raw.get(key, {}).items():
+            _expect(value, str, where, f"{key}.{name}")
+    for key in ("columns", "literal_fields"):
+        if key in raw:
+            raw[key] = tuple(_expect(c, str, where, key) for c in _expect(raw[key], list, where, key))
+    if "lines_per_record" in raw:
+        _expect(raw["lines_per_record"], int, where, "lines_per_record")
+    if raw.get("format") == "records" and raw.get("lines_per_record", 0) < 1:
+        raise IclEvalError(f"{where}: format 'records' needs 'lines_per_record' (how many lines make one record)")
     src = DataSource(**raw)
     if not (src.local or src.hub or src.generator):
         raise IclEvalError(f"{where}: give at least one of 'local', 'hub' or 'generator'")
@@ -104,9 +138,24 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         if key not in raw:
             raise IclEvalError(f"{path}: missing required key '{key}'")
     kw = dict(raw)
-    for key in ("name", "template", "family", "description", "fewshot_delimiter", "target_delimiter", "contamination_fields"):
-        if key in kw:
+    for key in ("name", "template", "family", "description", "fewshot_delimiter", "target_delimiter", "contamination_fields",
+                "references", "normalizer", "choices", "gold", "scoring", "uncond_context"):
+        if key in kw and (kw[key] is not None or key not in ("references", "choices", "gold")):
             _expect(kw[key], str, path, key)
+    if "template_vars" in kw:
+        _expect(kw["template_vars"], dict, path, "template_vars")
+    if kw.get("scoring", "full") not in SCORING_MODES:
+        raise IclEvalError(f"{path}: 'scoring' must be full or partial, got {kw['scoring']!r}")
+    if kw.get("normalizer", "answer") not in NORMALIZERS:
+        raise IclEvalError(f"{path}: 'normalizer' must be one of {', '.join(NORMALIZERS)}, got {kw['normalizer']!r}{_suggest(str(kw['normalizer']), NORMALIZERS)}")
+    if kw["output_type"] == "multiple_choice":
+        for key in ("choices", "gold"):
+            if not kw.get(key):
+                raise IclEvalError(f"{path}: a multiple_choice task needs '{key}' (a field name or Jinja expression, e.g. {key}: {'endings' if key == 'choices' else 'label'})")
+    else:
+        for key in ("choices", "gold"):
+            if kw.get(key):
+                raise IclEvalError(f"{path}: '{key}' only applies to output_type multiple_choice (this task is {kw['output_type']})")
     if kw["output_type"] not in OUTPUT_TYPES:
         raise IclEvalError(f"{path}: 'output_type' must be one of {', '.join(OUTPUT_TYPES)}, got {kw['output_type']!r}{_suggest(str(kw['output_type']), OUTPUT_TYPES)}")
     if kw.get("contamination_fields", "both") not in ("input", "target", "both"):
@@ -123,6 +172,11 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
     for m in metrics:
         if m not in METRICS:
             raise IclEvalError(f"{path}: unknown metric '{m}'{_suggest(str(m), tuple(METRICS))}; known: {', '.join(sorted(METRICS))}")
+        if kw["output_type"] not in METRICS[m].output_types:
+            fits = sorted(n for n, x in METRICS.items() if kw["output_type"] in x.output_types)
+            raise IclEvalError(f"{path}: metric '{m}' does not apply to output_type {kw['output_type']}; use one of {', '.join(fits)}")
+    if "acc_uncond" in metrics and kw.get("scoring") == "partial":
+        raise IclEvalError(f"{path}: metric 'acc_uncond' needs scoring: full (partial scoring shares one continuation)")
     kw["metrics"] = tuple(metrics)
     until = kw.get("until", ["\n"])
     if isinstance(until, str):

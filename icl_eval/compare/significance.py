@@ -51,12 +51,14 @@ def _bootstrap_mean_diff(diffs: np.ndarray, n_resamples: int, rng: np.random.Gen
 def _bootstrap_aggregate(
     metric: str, base: list, other: list, aggregate: Aggregate, n_resamples: int, rng: np.random.Generator
 ) -> tuple[float, np.ndarray]:
-    observed = aggregate(metric, other)[0] - aggregate(metric, base)[0]
+    # A corpus metric's own stderr is a bootstrap too: skip it inside this loop when the harness offers values alone.
+    value = getattr(aggregate, "value_only", None) or (lambda m, items: aggregate(m, items)[0])
+    observed = value(metric, other) - value(metric, base)
     n = len(base)
     out = np.empty(n_resamples)
     for b in range(n_resamples):
         idx = rng.integers(0, n, size=n)
-        out[b] = aggregate(metric, [other[i] for i in idx])[0] - aggregate(metric, [base[i] for i in idx])[0]
+        out[b] = value(metric, [other[i] for i in idx]) - value(metric, [base[i] for i in idx])
     return observed, out
 
 
