@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="results", help="output folder (default results/)")
     run.add_argument("--no-log-samples", action="store_true", help="do not write per-example logs")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run")
+    run.add_argument("--cache", default=None, metavar="PATH", help="SQLite response cache (default OUTPUT/.cache/responses.sqlite); rerunning a command resumes from it")
+    run.add_argument("--no-cache", action="store_true", help="compute every response, store none")
     _add_task_options(run)
 
     tasks = sub.add_parser("tasks", help="list every task")
@@ -101,6 +103,8 @@ def _print_table(records) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from icl_eval import __version__
+    from icl_eval.cache import CachedModel, ResponseCache, default_path
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.models.hf import HFModel
     from icl_eval.registry import load_tasks
@@ -110,10 +114,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     batch_size = parse_batch_size(str(args.batch_size))
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
+    if args.no_cache and args.cache:
+        raise IclEvalError(f"--cache {args.cache} and --no-cache contradict each other; give one of them")
     tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
-    model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
     run_id = new_run_id()
-    writer = RunWriter(args.output, run_id)
+    writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
+    cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))
+    model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
     settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples)
     result = RunResult(
         run_id=run_id,
@@ -127,8 +134,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": "per_example", "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
     )
+    result.settings["cache"] = str(cache.path) if cache is not None else None
     print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
-    evaluate(model, tasks, settings, writer, result)
+    if cache is not None:
+        print(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
+        model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, __version__)
+    try:
+        evaluate(model, tasks, settings, writer, result)
+    finally:
+        if cache is not None:
+            cache.close()
+    if cache is not None:
+        counts = [c for info in result.tasks.values() for c in info.get("cache", {}).values()]
+        print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed")
     _print_table(result.records)
     for name, info in result.tasks.items():
         for k, counts in info["truncation"].items():

@@ -155,18 +155,12 @@ class HFModel:
         return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
 
     def fingerprint(self) -> str:
-        """Identifies the weights and tokenizer: config, weight file names and sizes, tokenizer vocabulary size."""
-        h = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
-        if self.path and Path(self.path).is_dir():
-            for f in sorted(Path(self.path).iterdir()):
-                if f.is_file():
-                    h.update(f"{f.name}:{f.stat().st_size}".encode())
-        else:  # an in-memory model: hash a sample of the weights
-            for _, p in sorted(self.model.state_dict().items())[:8]:
-                h.update(p.detach().float().cpu().flatten()[:256].numpy().tobytes())
-        h.update(str(len(self.tokenizer)).encode())
-        h.update(self.bos_policy.encode())
-        return h.hexdigest()[:32]
+        """Identifies config, dtype, weights (safetensors header + sampled bytes, or hub revision), tokenizer, BOS policy."""
+        from icl_eval.models.fingerprint import model_fingerprint
+
+        if not hasattr(self, "_fingerprint"):  # hashing weight files costs I/O: once per loaded model
+            self._fingerprint = model_fingerprint(self.model, self.tokenizer, self.path, self.bos_policy)
+        return self._fingerprint
 
     # --- tokenization --------------------------------------------------------------------
     def _with_bos(self, ids: list[int]) -> list[int]:
