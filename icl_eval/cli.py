@@ -33,6 +33,13 @@ def parse_batch_size(value: str) -> int | str:
     raise IclEvalError(f"--batch-size {value!r}: give a positive integer or 'auto'")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are bad input like any other: one line, exit code 2, and where to look."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise IclEvalError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra folder of task YAML files and templates (repeatable)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="local data root laid out like shared/data (default: $ICL_EVAL_DATA_DIR)")
@@ -40,7 +47,7 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icl-eval", description="Zero-, one- and few-shot evaluation of causal language models.")
+    parser = _Parser(prog="icl-eval", description="Zero-, one- and few-shot evaluation of causal language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
@@ -107,6 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval.cache import CachedModel, ResponseCache, default_path
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.models.hf import HFModel
+    from icl_eval.prompts import load_template
     from icl_eval.registry import load_tasks
     from icl_eval.results import RunResult, RunWriter, new_run_id, now
 
@@ -117,6 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_cache and args.cache:
         raise IclEvalError(f"--cache {args.cache} and --no-cache contradict each other; give one of them")
     tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
+    for task in tasks:
+        load_template(task)  # a template that does not compile should cost no load time either
     run_id = new_run_id()
     writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
     cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))

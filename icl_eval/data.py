@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -87,7 +88,7 @@ def read_local(src: DataSource, root: Path) -> list[Doc]:
         raise IclEvalError(f"{path}: no reader for format '{fmt}'; set data.format to one of {', '.join(sorted(READERS))}")
     try:
         return list(reader(path))
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # zlib.error: a corrupt .gz
         raise IclEvalError(f"{path}: cannot read data file ({e}); re-download it") from None
 
 

@@ -100,6 +100,8 @@ class HFModel:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as e:
             raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
+        if len(tokenizer) <= 1 or not tokenizer("a", add_special_tokens=False).input_ids:  # transformers builds an empty one when files are missing
+            raise IclEvalError(f"--model {path}: cannot load its tokenizer (no tokenizer files found, it would be empty); the folder needs tokenizer.json or vocab files")
         try:
             model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
         except ValueError as e:
