@@ -223,9 +223,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     task = load_task(args.file if args.file.endswith((".yaml", ".yml")) else args.file, args.include_path)
     load_template(task)
-    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)})", file=sys.stderr)
     args.shots, args.index = 0, 0
-    _show_prompt(task, args)
+    _show_prompt(task, args)  # renders a real document: undefined fields and unsafe expressions show here
+    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)})", file=sys.stderr)
     return 0
 
 

@@ -108,6 +108,9 @@ class HFModel:
             raise IclEvalError(f"--model {path}: not a causal language model ({str(e).splitlines()[0][:200]})") from None
         except OSError as e:
             raise IclEvalError(f"--model {path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
+        except Exception as e:  # e.g. a pickled .bin that torch's weights-only loader refuses: it would run code
+            why = "a pickled weights file holds objects other than tensors; loading it could run code" if "Unpickl" in type(e).__name__ else f"{type(e).__name__}: {str(e).strip()[:200]}".splitlines()[0]
+            raise IclEvalError(f"--model {path}: cannot load weights ({why}); use a checkpoint saved as safetensors") from None
         model.to(dev)
         name = local.name if local.is_dir() else path
         return cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
