@@ -257,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"icl-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("icl-eval: interrupted; finished task/shot results are already on disk", file=sys.stderr)
+        print("icl-eval: interrupted; finished task/shot samples are on disk and every computed response is in the cache: run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -255,3 +255,63 @@ def test_unreadable_row_is_recomputed_not_trusted(tmp_path):
     model = CachedModel(inner, ResponseCache(path), "fp", "tokenizer", "0.0")
     model.begin_task("t")
     assert model.loglikelihood([LoglikelihoodRequest("a", " x")])[0].loglikelihood == -1.0 and inner.calls == ["a"]
+
+
+# --- what the cache keys on: the model and tokenizer fingerprint ------------------------------------------------
+
+
+def test_fingerprint_follows_weights_tokenizer_and_dtype_not_location(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from icl_eval.models.hf import HFModel
+
+    def fp(path: Path, **kw) -> str:
+        return HFModel.load(str(path), device="cpu", **kw).fingerprint()
+
+    base = fp(tiny_checkpoint)
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_checkpoint, moved)
+    assert fp(moved) == base, "moving a checkpoint keeps its cache entries"
+    assert fp(moved, dtype="bfloat16") != base
+    assert fp(moved, bos_policy="always") != base
+
+    weights = moved / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-3] ^= 0xFF  # one byte of one tensor
+    weights.write_bytes(bytes(raw))
+    assert fp(moved) != base
+
+    retok = tmp_path / "retok"
+    shutil.copytree(tiny_checkpoint, retok)
+    tok = json.loads((retok / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Lowercase"}
+    (retok / "tokenizer.json").write_text(json.dumps(tok))
+    assert fp(retok) != base
+
+
+def test_big_weight_files_are_sampled_header_and_blocks(tmp_path, monkeypatch):
+    import struct
+
+    from icl_eval.models import fingerprint
+
+    monkeypatch.setattr(fingerprint, "WHOLE_FILE_LIMIT", 1 << 10)
+    monkeypatch.setattr(fingerprint, "BLOCK", 64)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4096], "data_offsets": [0, 16384]}}).encode()
+    body = bytearray(range(256)) * 64
+    path = tmp_path / "model.safetensors"
+
+    def digest(h: bytes, b: bytes) -> str:
+        path.write_bytes(struct.pack("<Q", len(h)) + h + b)
+        return fingerprint.weight_file_digest(path)
+
+    base = digest(header, bytes(body))
+    assert digest(header.replace(b"4096", b"4097"), bytes(body)) != base, "the header (shapes, dtypes) always counts"
+    size = 8 + len(header) + len(body)
+    step = (size - 64) // 63  # 64 blocks of 64 bytes spread evenly over the file
+    sampled = 32 * step + 10 - 8 - len(header)  # a body offset inside block 32
+    unsampled = 32 * step + 64 + 5 - 8 - len(header)  # just past it, before block 33
+    assert step > 64 + 5
+    for offset, counts in ((sampled, True), (unsampled, False)):
+        changed = bytearray(body)
+        changed[offset] ^= 1
+        assert (digest(header, bytes(changed)) != base) is counts  # the trade-off of sampling, stated as a test
