@@ -315,3 +315,20 @@ def test_big_weight_files_are_sampled_header_and_blocks(tmp_path, monkeypatch):
         changed = bytearray(body)
         changed[offset] ^= 1
         assert (digest(header, bytes(changed)) != base) is counts  # the trade-off of sampling, stated as a test
+
+
+def test_a_failing_later_task_loses_nothing_done_before_it(tiny_checkpoint, task_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    (task_dir / "long_ll.yaml").write_text("name: long_ll\noutput_type: loglikelihood\ntemplate: echo_gen.jinja\nmetrics: [acc]\ndata:\n  local: words.jsonl\n")
+    (task_dir / "words.jsonl").write_text((json.dumps({"word": "word " * 600}) + "\n") * 2)  # targets longer than the model's context
+    argv = ["run", "--model", str(tiny_checkpoint), "--tasks", f"arithmetic_2da,{task_dir / 'long_ll.yaml'}", "--shots", "0,1", "--limit", "4", "--data-dir", str(task_dir), "--output", str(out)]
+    assert main(argv) == 2
+    assert "longer than the model's context" in capsys.readouterr().err
+    (run_dir,) = [d for d in out.iterdir() if d.name != ".cache"]
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["arithmetic_2da_0shot.jsonl", "arithmetic_2da_1shot.jsonl"]
+    assert _count_rows(default_path(out)) == 8
+
+    (task_dir / "words.jsonl").write_text("".join(json.dumps({"word": w}) + "\n" for w in WORDS))  # fixed: the rerun reuses the first task
+    res = json.loads((_run(argv, capsys) / "results.json").read_text())
+    assert res["tasks"]["arithmetic_2da"]["cache"] == {"0": {"hits": 4, "misses": 0}, "1": {"hits": 4, "misses": 0}}
+    assert res["tasks"]["long_ll"]["cache"] == {"0": {"hits": 0, "misses": 4}, "1": {"hits": 0, "misses": 4}}
