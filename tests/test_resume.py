@@ -84,6 +84,23 @@ def _cache_counts(run_dir: Path) -> tuple[int, int]:
     return sum(c["hits"] for c in counts), sum(c["misses"] for c in counts)
 
 
+SLOW_BATCHES = """
+import time
+from icl_eval.models import hf
+
+def _slowed(method):
+    def wrapper(self, requests, progress=None, on_result=None):
+        def slow(n_requests, n_tokens):
+            time.sleep(0.05)
+            if progress:
+                progress(n_requests, n_tokens)
+        return method(self, requests, slow, on_result)
+    return wrapper
+
+hf.HFModel.loglikelihood = _slowed(hf.HFModel.loglikelihood)
+hf.HFModel.generate = _slowed(hf.HFModel.generate)
+open(__file__ + ".loaded", "w").close()
+"""
 TOTAL = 2 * 12 + 2 * 12  # two tasks of 12 examples (echo_gen has 12 docs; --limit 12 for arithmetic) at 0 and 2 shots
 
 
@@ -92,7 +109,12 @@ def test_kill_midway_then_rerun_recomputes_nothing_and_matches(tiny_checkpoint, 
 
     out = tmp_path / "out"
     db = default_path(out)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    # The run must still be going when we look: every batch is held 50 ms (through the public progress callback,
+    # so results are untouched), however fast the machine. sitecustomize runs in the child before `-m icl_eval`.
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(SLOW_BATCHES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow), str(REPO), os.environ.get("PYTHONPATH", "")]), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "icl_eval", *_argv(tiny_checkpoint, task_dir, out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     try:
@@ -105,6 +127,7 @@ def test_kill_midway_then_rerun_recomputes_nothing_and_matches(tiny_checkpoint, 
         proc.kill()
         proc.wait()
     stored = _count_rows(db)
+    assert (slow / "sitecustomize.py.loaded").exists(), "the child did not pick up the slow-down"
     assert 0 < stored < TOTAL, f"killed too late to test anything: {stored} of {TOTAL}"
     killed_runs = [d for d in out.iterdir() if d.name != ".cache"]
     assert len(killed_runs) == 1 and not (killed_runs[0] / "results.json").exists(), "a killed run must leave no results.json"
