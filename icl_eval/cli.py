@@ -109,6 +109,14 @@ def _print_table(records) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def _remove_if_empty(run_dir) -> None:
+    for d in (run_dir / "samples", run_dir):
+        try:
+            d.rmdir()  # only ever removes an empty folder
+        except OSError:
+            return
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval import __version__
     from icl_eval.cache import CachedModel, ResponseCache, default_path
@@ -129,8 +137,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         load_template(task)  # a template that does not compile should cost no load time either
     run_id = new_run_id()
     writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
-    cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))
-    model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+    try:
+        cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))
+        model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+    except IclEvalError:
+        _remove_if_empty(writer.dir)
+        raise
     settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples)
     result = RunResult(
         run_id=run_id,
@@ -151,6 +163,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, __version__)
     try:
         evaluate(model, tasks, settings, writer, result)
+    except BaseException:
+        _remove_if_empty(writer.dir)  # a run that wrote nothing leaves no folder; finished samples always stay
+        raise
     finally:
         if cache is not None:
             cache.close()

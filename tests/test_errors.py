@@ -160,6 +160,8 @@ def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_pa
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     assert not (tmp_path / "pwned").exists()
+    runs = [p for p in (tmp_path / "out").glob("*") if p.name != ".cache"]
+    assert not runs, f"a failed run left folders behind: {runs}"
 
 
 def test_the_catalogue_is_big_enough():
