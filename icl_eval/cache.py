@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +33,17 @@ def request_key(kind: str, request: LoglikelihoodRequest | GenerationRequest, na
     """The cache key of one request; `namespace` holds the model, task and settings parts."""
     fields = [kind, namespace, *(list(v) if isinstance(v, tuple) else v for v in asdict(request).values())]
     return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+
+def code_version(model: Any) -> str:
+    """The package version plus a hash of the backend's scoring code: a development checkout whose hf.py or
+    batching changed must not reuse responses computed by the old code, even though __version__ did not move."""
+    from icl_eval import __version__, batching, requests
+
+    h = hashlib.sha256()
+    for module in (sys.modules[type(model).__module__], batching, requests):
+        h.update(Path(module.__file__).read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
 
 
 def namespace(model_fingerprint: str, task_hash: str, bos_policy: str, version: str) -> str:

@@ -118,8 +118,7 @@ def _remove_if_empty(run_dir) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from icl_eval import __version__
-    from icl_eval.cache import CachedModel, ResponseCache, default_path
+    from icl_eval.cache import CachedModel, ResponseCache, code_version, default_path
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.models.hf import HFModel
     from icl_eval.prompts import load_template
@@ -160,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
     if cache is not None:
         print(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
-        model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, __version__)
+        model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, code_version(model))
     try:
         evaluate(model, tasks, settings, writer, result)
     except BaseException:

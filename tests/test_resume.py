@@ -355,3 +355,16 @@ def test_a_failing_later_task_loses_nothing_done_before_it(tiny_checkpoint, task
     res = json.loads((_run(argv, capsys) / "results.json").read_text())
     assert res["tasks"]["arithmetic_2da"]["cache"] == {"0": {"hits": 4, "misses": 0}, "1": {"hits": 4, "misses": 0}}
     assert res["tasks"]["long_ll"]["cache"] == {"0": {"hits": 0, "misses": 4}, "1": {"hits": 0, "misses": 4}}
+
+
+def test_code_version_follows_the_backend_source(tmp_path, monkeypatch):
+    import importlib
+
+    from icl_eval.cache import code_version
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "my_backend.py").write_text("class Backend:\n    pass\n")
+    before = code_version(importlib.import_module("my_backend").Backend())
+    (tmp_path / "my_backend.py").write_text("class Backend:\n    pass  # scoring changed\n")
+    after = code_version(importlib.import_module("my_backend").Backend())
+    assert before != after and before.split("+")[0] == after.split("+")[0]
