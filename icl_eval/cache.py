@@ -32,7 +32,7 @@ def default_path(output: str | Path) -> Path:
 def request_key(kind: str, request: LoglikelihoodRequest | GenerationRequest, namespace: str) -> str:
     """The cache key of one request; `namespace` holds the model, task and settings parts."""
     fields = [kind, namespace, *(list(v) if isinstance(v, tuple) else v for v in asdict(request).values())]
-    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()  # ASCII escapes: even lone surrogates hash
 
 
 def code_version(model: Any) -> str:
@@ -94,7 +94,7 @@ class ResponseCache:
 
 
 def _encode(result: Any) -> str:
-    return json.dumps(asdict(result), ensure_ascii=False)
+    return json.dumps(asdict(result))
 
 
 def _decode(kind: str, value: str) -> Any | None:
