@@ -1,7 +1,7 @@
 """A response cache in SQLite: every model response is stored as it is computed, so a rerun resumes for free.
 
 Keys are hashes of the request itself plus everything else that could change the response: the model and
-tokenizer fingerprint, the task-config hash, the BOS policy and the package version (generation settings are
+tokenizer fingerprint, the task-config hash, the BOS policy and the code version (generation settings are
 part of a generation request). Values are JSON, never pickles, so reading a cache file cannot run code.
 """
 
