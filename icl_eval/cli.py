@@ -137,8 +137,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = new_run_id()
     writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
     try:
-        cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))
         model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+        cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))  # after the model: a bad --model leaves no file
     except IclEvalError:
         _remove_if_empty(writer.dir)
         raise
