@@ -33,6 +33,13 @@ def parse_batch_size(value: str) -> int | str:
     raise IclEvalError(f"--batch-size {value!r}: give a positive integer or 'auto'")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are bad input like any other: one line, exit code 2, and where to look."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise IclEvalError(f"{self.prog}: {message}; see `{self.prog} --help`")
+
+
 def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-path", action="append", default=[], metavar="DIR", help="extra folder of task YAML files and templates (repeatable)")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="local data root laid out like shared/data (default: $ICL_EVAL_DATA_DIR)")
@@ -40,7 +47,7 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="icl-eval", description="Zero-, one- and few-shot evaluation of causal language models.")
+    parser = _Parser(prog="icl-eval", description="Zero-, one- and few-shot evaluation of causal language models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
@@ -55,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="results", help="output folder (default results/)")
     run.add_argument("--no-log-samples", action="store_true", help="do not write per-example logs")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run")
+    run.add_argument("--cache", default=None, metavar="PATH", help="SQLite response cache (default OUTPUT/.cache/responses.sqlite); rerunning a command resumes from it")
+    run.add_argument("--no-cache", action="store_true", help="compute every response, store none")
     _add_task_options(run)
 
     tasks = sub.add_parser("tasks", help="list every task")
@@ -100,9 +109,19 @@ def _print_table(records) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
+def _remove_if_empty(run_dir) -> None:
+    for d in (run_dir / "samples", run_dir):
+        try:
+            d.rmdir()  # only ever removes an empty folder
+        except OSError:
+            return
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from icl_eval.cache import CachedModel, ResponseCache, code_version, default_path
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.models.hf import HFModel
+    from icl_eval.prompts import load_template
     from icl_eval.registry import load_tasks
     from icl_eval.results import RunResult, RunWriter, new_run_id, now
 
@@ -110,10 +129,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     batch_size = parse_batch_size(str(args.batch_size))
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
+    if args.no_cache and args.cache:
+        raise IclEvalError(f"--cache {args.cache} and --no-cache contradict each other; give one of them")
     tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
-    model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+    for task in tasks:
+        load_template(task)  # a template that does not compile should cost no load time either
     run_id = new_run_id()
-    writer = RunWriter(args.output, run_id)
+    writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
+    try:
+        model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+        cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))  # after the model: a bad --model leaves no file
+    except IclEvalError:
+        _remove_if_empty(writer.dir)
+        raise
     settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples)
     result = RunResult(
         run_id=run_id,
@@ -127,8 +155,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": "per_example", "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
     )
+    result.settings["cache"] = str(cache.path) if cache is not None else None
     print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
-    evaluate(model, tasks, settings, writer, result)
+    if cache is not None:
+        print(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
+        model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, code_version(model))
+    try:
+        evaluate(model, tasks, settings, writer, result)
+    except BaseException:
+        _remove_if_empty(writer.dir)  # a run that wrote nothing leaves no folder; finished samples always stay
+        raise
+    finally:
+        if cache is not None:
+            cache.close()
+    if cache is not None:
+        counts = [c for info in result.tasks.values() for c in info.get("cache", {}).values()]
+        print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed")
     _print_table(result.records)
     for name, info in result.tasks.items():
         for k, counts in info["truncation"].items():
@@ -202,9 +244,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     task = load_task(args.file if args.file.endswith((".yaml", ".yml")) else args.file, args.include_path)
     load_template(task)
-    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)})", file=sys.stderr)
     args.shots, args.index = 0, 0
-    _show_prompt(task, args)
+    _show_prompt(task, args)  # renders a real document: undefined fields and unsafe expressions show here
+    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)})", file=sys.stderr)
     return 0
 
 
@@ -236,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"icl-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("icl-eval: interrupted; finished task/shot results are already on disk", file=sys.stderr)
+        print("icl-eval: interrupted; finished task/shot samples are on disk and every computed response is in the cache: run the same command again to resume", file=sys.stderr)
         return 130
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import re
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -217,7 +218,7 @@ def read_local(src: DataSource, root: Path) -> list[Doc]:
         raise IclEvalError(f"{path}: no reader for format '{fmt}'; set data.format to one of {', '.join(sorted(READERS))}")
     try:
         docs = list(reader(path, src))
-    except (OSError, EOFError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # zlib.error: a corrupt .gz
         raise IclEvalError(f"{path}: cannot read data file ({e}); re-download it") from None
     _add_line_fields(docs, src, root, path)
     _parse_literals(docs, src, path)

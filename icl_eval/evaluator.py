@@ -264,10 +264,18 @@ def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: 
         if signatures:
             result.tasks[task.name]["sacrebleu"] = signatures
     for prep in prepared:
+        info = result.tasks[prep.task.name]
         for k in settings.shots:
-            records, samples, counts = score_task(prep, k, model, settings)
+            begin_task = getattr(model, "begin_task", None)  # a response cache keys its entries on the task
+            stats = begin_task(f"{info['config_hash']}:{info['template_hash']}") if begin_task else None
+            try:
+                records, samples, counts = score_task(prep, k, model, settings)
+            except IclEvalError as e:  # the backend knows requests, not tasks: say which task and shot count failed
+                raise IclEvalError(f"task '{prep.task.name}' ({prep.task.path}), {k}-shot: {e}") from None
             result.records.extend(records)
             result.tasks[prep.task.name]["truncation"][str(k)] = counts
+            if stats is not None:
+                info.setdefault("cache", {})[str(k)] = {"hits": stats.hits, "misses": stats.misses}
             if settings.log_samples:
                 writer.write_samples(prep.task.name, k, samples)
     result.finished_at = now()

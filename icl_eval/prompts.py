@@ -129,7 +129,9 @@ def render_block(task: TaskConfig, block: str, doc: dict, doc_id: int) -> str:
     except jinja2.UndefinedError as e:
         raise IclEvalError(f"{tmpl.filename} (block '{block}'), doc {doc_id}: {e.message}; the document's fields are: {', '.join(sorted(doc))}") from None
     except SecurityError as e:
-        raise IclEvalError(f"{tmpl.filename} (block '{block}'): unsafe template operation refused ({e})") from None
+        raise IclEvalError(f"{tmpl.filename} (block '{block}'): unsafe template operation refused ({e}); task files may not reach Python internals, use the document's fields") from None
+    except jinja2.TemplateNotFound as e:
+        raise IclEvalError(f"{tmpl.filename} (block '{block}'): included template '{e.name}' not found; includes are looked up in {', '.join(str(d) for d in _template_dirs(task))} only") from None
     except jinja2.TemplateError as e:
         raise IclEvalError(f"{tmpl.filename} (block '{block}'), doc {doc_id}: {e}") from None
     except Exception as e:  # a Python error inside an expression, e.g. indexing past a list's end

@@ -199,6 +199,9 @@ def load_task_file(path: Path, prompts_dir: Path | None = None) -> TaskConfig:
         raise IclEvalError(f"{path}: cannot read task file ({e.strerror})") from None
     try:
         raw = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:  # e.g. !!python/object: the safe loader refuses to build objects
+        mark = e.problem_mark
+        raise IclEvalError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML tag not allowed ({e.problem}); task files are plain data, remove the tag") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

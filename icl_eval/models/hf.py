@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +98,17 @@ class HFModel:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as e:
             raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
+        if len(tokenizer) <= 1 or not tokenizer("a", add_special_tokens=False).input_ids:  # transformers builds an empty one when files are missing
+            raise IclEvalError(f"--model {path}: cannot load its tokenizer (no tokenizer files found, it would be empty); the folder needs tokenizer.json or vocab files")
         try:
             model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
         except ValueError as e:
             raise IclEvalError(f"--model {path}: not a causal language model ({str(e).splitlines()[0][:200]})") from None
         except OSError as e:
             raise IclEvalError(f"--model {path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
+        except Exception as e:  # e.g. a pickled .bin that torch's weights-only loader refuses: it would run code
+            why = "a pickled weights file holds objects other than tensors; loading it could run code" if "Unpickl" in type(e).__name__ else f"{type(e).__name__}: {str(e).strip()[:200]}".splitlines()[0]
+            raise IclEvalError(f"--model {path}: cannot load weights ({why}); use a checkpoint saved as safetensors") from None
         model.to(dev)
         name = local.name if local.is_dir() else path
         return cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
@@ -155,18 +158,12 @@ class HFModel:
         return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
 
     def fingerprint(self) -> str:
-        """Identifies the weights and tokenizer: config, weight file names and sizes, tokenizer vocabulary size."""
-        h = hashlib.sha256(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
-        if self.path and Path(self.path).is_dir():
-            for f in sorted(Path(self.path).iterdir()):
-                if f.is_file():
-                    h.update(f"{f.name}:{f.stat().st_size}".encode())
-        else:  # an in-memory model: hash a sample of the weights
-            for _, p in sorted(self.model.state_dict().items())[:8]:
-                h.update(p.detach().float().cpu().flatten()[:256].numpy().tobytes())
-        h.update(str(len(self.tokenizer)).encode())
-        h.update(self.bos_policy.encode())
-        return h.hexdigest()[:32]
+        """Identifies config, dtype, weights (safetensors header + sampled bytes, or hub revision), tokenizer, BOS policy."""
+        from icl_eval.models.fingerprint import model_fingerprint
+
+        if not hasattr(self, "_fingerprint"):  # hashing weight files costs I/O: once per loaded model
+            self._fingerprint = model_fingerprint(self.model, self.tokenizer, self.path, self.bos_policy)
+        return self._fingerprint
 
     # --- tokenization --------------------------------------------------------------------
     def _with_bos(self, ids: list[int]) -> list[int]:
