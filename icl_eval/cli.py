@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", default="results", help="output folder (default results/)")
     run.add_argument("--no-log-samples", action="store_true", help="do not write per-example logs")
     run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run")
+    run.add_argument("--contamination", default=None, metavar="REPORT", help="contamination.json: also score clean and dirty examples apart")
     _add_task_options(run)
 
     tasks = sub.add_parser("tasks", help="list every task")
@@ -111,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
     tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
+    contamination = _load_contamination(args.contamination)
     model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
     run_id = new_run_id()
     writer = RunWriter(args.output, run_id)
@@ -135,7 +137,21 @@ def cmd_run(args: argparse.Namespace) -> int:
             if any(counts.values()):
                 print(f"note: {name} {k}-shot: {counts['demos_dropped']} prompts lost demonstrations, {counts['left_truncated']} were left-truncated, {counts['nonfinite']} had NaN/inf logits (excluded)")
     print(writer.results_path)
+    if contamination is not None:
+        from icl_eval.contamination.rescore import rescore_runs, write_rescore
+
+        rows, text = rescore_runs(contamination, [("", writer.dir, [r.__dict__ for r in result.records])])
+        print(text, end="")
+        write_rescore(writer.dir, rows, text)
     return 0
+
+
+def _load_contamination(path: str | None):
+    if path is None:
+        return None
+    from icl_eval.contamination.rescore import load_report
+
+    return load_report(path)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

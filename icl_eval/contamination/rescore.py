@@ -68,6 +68,10 @@ def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], labe
     return rows
 
 
+def _score(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
+
+
 def rescore_table(rows: list[dict[str, Any]]) -> str:
     """Markdown in the paper's Table C.1 columns; the relative change is clean vs all."""
     with_model = any(r["model"] for r in rows)
@@ -76,20 +80,23 @@ def rescore_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         rel = "—" if math.isnan(r["relative_change"]) else f"{100 * r['relative_change']:+.1f}%"
         body.append(([r["model"]] if with_model else []) + [
-            r["task"], str(r["shots"]), r["metric"], str(r["n_ngram"]), _fmt(r["all"], 4), _fmt(r["dirty"], 4), str(r["n_dirty"]),
-            _fmt(r["clean"], 4), str(r["n_clean"]), _fmt(r["percent_clean"]), rel,
+            r["task"], str(r["shots"]), r["metric"], str(r["n_ngram"]), _score(r["all"]), _score(r["dirty"]), str(r["n_dirty"]),
+            _score(r["clean"]), str(r["n_clean"]), _fmt(r["percent_clean"]), rel,
         ])
     return markdown_table(headers, body)
 
 
-def rescore_results(report_path: str | Path, results_paths: list[Path]) -> tuple[list[dict[str, Any]], str]:
-    """Rows and the table for runs given by their results.json paths."""
-    from icl_eval.results import load_results
+def rescore_runs(report: dict[str, Any], runs: list[tuple[str, Path, list[dict]]]) -> tuple[list[dict[str, Any]], str]:
+    """Rows and their table for (label, run folder, records) triples; a note when no sample logs matched."""
+    rows = [row for label, run_dir, records in runs for row in rescore_run(report, run_dir, records, label)]
+    if not rows:
+        known = ", ".join(sorted(report["tasks"]))
+        return rows, f"contamination: no sample logs for the report's tasks ({known}); runs need per-example logs (no --no-log-samples)\n"
+    return rows, "Scores on all / dirty / clean examples (contamination report); clean vs all is the relative change.\n\n" + rescore_table(rows)
 
-    report = load_report(report_path)
-    rows = []
-    for path in results_paths:
-        data = load_results(path)
-        run_dir = path.parent if path.name == "results.json" else path
-        rows += rescore_run(report, run_dir, data.get("records", []), label=str(data.get("model", {}).get("name", "")) if len(results_paths) > 1 else "")
-    return rows, rescore_table(rows)
+
+def write_rescore(run_dir: Path, rows: list[dict[str, Any]], table: str) -> None:
+    from icl_eval.results import atomic_write
+
+    atomic_write(run_dir / "contamination_scores.json", json.dumps(rows, indent=1, allow_nan=True) + "\n")
+    atomic_write(run_dir / "contamination_scores.md", table)
