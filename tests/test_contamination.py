@@ -62,7 +62,7 @@ def test_kernel_hashes_equal_text_equally_and_never_crosses_documents():
         assert len(first) == len(expected)  # exactly the n-grams inside each document
         assert all(batch.doc[w] == batch.doc[w + length - 1] for w in first.tolist())
         for w, value in list(zip(first.tolist(), h.tolist()))[:300]:
-            assert value == hash_text(batch.span(w, length).decode("utf-32-le").split(" "))
+            assert value == hash_text(batch.text(w, w + length).split(" "))
     assert [batch.words(d) for d in range(len(docs))] == [normalise(t) for t in docs]
 
 
@@ -134,7 +134,7 @@ def test_a_hash_collision_never_marks_an_example_dirty(tmp_path):
     index = build_index([("t", "both", [(0, example)])], "13")
     # Forge a collision: the table claims the corpus n-gram's hash belongs to a gram with other text.
     forged = words(rng, 13)
-    index.table.texts[0] = normalise_batch([forged]).span(0, 13)
+    index.table.texts[0] = normalise_batch([forged]).key(0, 13)
     path = str(write_jsonl(tmp_path / "c.jsonl", [example]))
     report = check(index, [path], ScanOptions(), workers=1).report
     assert not report["tasks"]["t"]["examples"][0]["dirty"]

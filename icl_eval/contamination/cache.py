@@ -14,6 +14,7 @@ from pathlib import Path
 
 from icl_eval.contamination.corpus import Problems, Shard
 from icl_eval.contamination.index import GramTable
+from icl_eval.contamination.ngrams import key_words
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
 from icl_eval.contamination.scan import ScanOptions
 from icl_eval.results import atomic_write
@@ -36,7 +37,7 @@ def scan_key(shards: list[Shard], table: GramTable, options: ScanOptions) -> str
 
 
 def _text(gram: bytes) -> str:
-    return gram.decode("utf-32-le")
+    return " ".join(key_words(gram))
 
 
 def load(cache_dir: Path, key: str, table: GramTable) -> tuple[dict[int, list], Problems, dict] | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from icl_eval.contamination.ngrams import gram_hashes, normalise_batch, prefix_hashes
+from icl_eval.contamination.ngrams import gram_hashes, key_length, normalise_batch, prefix_hashes
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
 from icl_eval.errors import IclEvalError
 from icl_eval.task_config import TaskConfig
@@ -32,7 +32,7 @@ class GramTable:
     lengths: tuple[int, ...]  # the n-gram lengths to hash the corpus at (N, and shorter whole examples)
     hashes: np.ndarray  # uint64, sorted; a hash appears once per gram that has it
     gram_ids: np.ndarray  # int64, parallel to hashes
-    texts: list[bytes]  # per gram: its code points as UTF-32 bytes, comparable with Batch.span
+    texts: list[bytes]  # per gram: its exact key (ngrams.Batch.key), compared on every hash hit
     _bitmap: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def bitmap(self) -> np.ndarray:
@@ -121,7 +121,7 @@ def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram
             positions = range(first_word[i], first_word[i] + n_words - length + 1) if n_words else range(0)
             ids = []
             for w in positions:
-                text = batch.span(w, length)
+                text = batch.key(w, length)
                 gid = gram_of.get(text)
                 if gid is None:
                     gid = gram_of[text] = len(texts)
@@ -130,14 +130,10 @@ def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram
                 ids.append(gid)
             examples.append(IndexedExample(doc_id, n_words, ids))
         tasks.append(IndexedTask(name, n, fields, examples))
-    lengths = tuple(sorted({_words(t) for t in texts}))
+    lengths = tuple(sorted({key_length(t) for t in texts}))
     order = np.argsort(np.asarray(hashes, dtype=np.uint64), kind="stable")
     table = GramTable(lengths, np.asarray(hashes, dtype=np.uint64)[order], order.astype(np.int64), texts)
     return EvalIndex(table, tasks)
-
-
-def _words(text: bytes) -> int:
-    return int(np.count_nonzero(np.frombuffer(text, dtype=np.uint32) == 32)) + 1
 
 
 def index_tasks(tasks: list[TaskConfig], ngram: str, data_dir: str | None, seed: int) -> EvalIndex:

@@ -1,10 +1,12 @@
 """The hashing kernel: 64-bit hashes of every word n-gram in a batch of documents, in numpy.
 
-A batch is its documents' normalised code points joined by a separator byte, with every run of spaces collapsed to
-one, so an n-gram is a contiguous span and its hash comes straight from a prefix sum:
+A batch is its documents joined by a separator, mapped through the normalisation table and reduced to word
+characters only, with the last character of each word flagged. An n-gram is then a contiguous span of that
+stream, and its hash comes straight from a prefix sum:
     H[k] = sum_{j<k} c[j] * P^j  (mod 2^64),   hash(s, e) = (H[e] - H[s]) * P^-s.
 That is a handful of vectorised passes over the text, with no Python loop over words. Hashes only nominate
-candidates: every hit is confirmed by comparing the text itself, so a collision can never mark an example dirty.
+candidates: every hit is confirmed by comparing the n-gram itself (`Batch.key`), so a collision can never
+mark an example dirty.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icl_eval.contamination.normalise import DOC_SEP, SEP, SPACE, WORD, nfkc, tables
+from icl_eval.contamination.normalise import DOC_SEP, DROP, SEP, nfkc, table
 
 _P = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse mod 2^64
 _P_INV = np.uint64(pow(int(_P), -1, 2**64))
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
+_WORD_END = np.uint64(1 << 16)  # added to a word's last character: "ab c" and "a bc" hash apart
 _powers = np.ones(1, dtype=np.uint64)
 _inv_powers = np.ones(1, dtype=np.uint64)
 
@@ -35,48 +38,55 @@ def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Batch:
-    """Normalised documents as code points: word spans [starts, ends) into `data`, and each word's document."""
+    """Normalised documents: the word characters of all words back to back, and each word's span and document."""
 
-    data: np.ndarray  # uint32 code points; words one space apart, documents apart by DOC_SEP
-    starts: np.ndarray  # int64 per word
+    data: np.ndarray  # uint16 lowercase word characters, no separators
+    starts: np.ndarray  # int64 per word, into data
     ends: np.ndarray
-    doc: np.ndarray  # int64 per word: index of its document in the batch
+    doc: np.ndarray  # int64 per word: index of its document in the batch (non-decreasing)
     n_docs: int
 
-    def span(self, i: int, length: int) -> bytes:
-        """The normalised n-gram of `length` words from word i, as comparable bytes (UTF-32)."""
-        return self.data[self.starts[i]:self.ends[i + length - 1]].tobytes()
+    def key(self, i: int, length: int) -> bytes:
+        """The n-gram of `length` words from word i, exactly, as bytes: its word lengths, then its characters."""
+        s, e = self.starts[i], self.ends[i + length - 1]
+        ends = (self.ends[i:i + length] - s).astype("<i4")
+        return np.int32(length).astype("<i4").tobytes() + ends.tobytes() + self.data[s:e].astype("<u2").tobytes()
 
     def text(self, lo: int, hi: int) -> str:
         """Words lo..hi-1 as normalised text."""
-        return self.data[self.starts[lo]:self.ends[hi - 1]].tobytes().decode("utf-32-le") if hi > lo else ""
+        return " ".join(self.data[s:e].tobytes().decode("utf-16-le") for s, e in zip(self.starts[lo:hi], self.ends[lo:hi]))
 
     def words(self, doc: int) -> list[str]:
         lo, hi = np.searchsorted(self.doc, [doc, doc + 1])
-        return [self.data[s:e].tobytes().decode("utf-32-le") for s, e in zip(self.starts[lo:hi], self.ends[lo:hi])]
+        return self.text(lo, hi).split(" ") if hi > lo else []
+
+
+def key_words(key: bytes) -> list[str]:
+    """The words of an n-gram key (see Batch.key)."""
+    length = int(np.frombuffer(key[:4], dtype="<i4")[0])
+    ends = np.frombuffer(key[4:4 + 4 * length], dtype="<i4")
+    chars = key[4 + 4 * length:]
+    bounds = [0, *ends.tolist()]
+    return [chars[2 * a:2 * b].decode("utf-16-le") for a, b in zip(bounds, bounds[1:])]
+
+
+def key_length(key: bytes) -> int:
+    return int(np.frombuffer(key[:4], dtype="<i4")[0])
 
 
 def normalise_batch(texts: list[str]) -> Batch:
     """Normalise and concatenate documents; a document's words never join another's."""
-    classes, lower = tables()
     joined = DOC_SEP.join(nfkc(t.replace(DOC_SEP, " ") if DOC_SEP in t else t) for t in texts)
-    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
-    cls = classes[cps]
-    keep = cls.astype(bool)  # DROP is 0
-    cps, cls = cps[keep], cls[keep]
-    is_word = cls == WORD
-    # Collapse whitespace: keep a space only right after a word character, so words are one space apart.
-    keep = is_word | (cls == SEP)
-    keep[1:] |= (cls[1:] == SPACE) & is_word[:-1]
-    data = lower[cps[keep]]
-    cls = cls[keep]
-    data[cls == SPACE] = 32
-    is_word = (cls == WORD).view(np.int8)
-    edges = np.diff(is_word, prepend=np.int8(0), append=np.int8(0))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    doc = np.cumsum(cls == SEP)[starts] if len(starts) else np.zeros(0, dtype=np.int64)
-    return Batch(data, starts, ends, doc.astype(np.int64), len(texts))
+    units = table()[np.frombuffer(joined.encode("utf-16-le"), dtype=np.uint16)]
+    units = units[units != DROP]  # punctuation inside a word joins its halves: "don't" -> "dont"
+    is_word = (units - np.uint16(DROP)) > 2  # not DROP, SPACE or SEP (wraps below DROP)
+    edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    word_starts = np.flatnonzero(edges == 1)
+    word_ends = np.flatnonzero(edges == -1)
+    doc = np.searchsorted(np.flatnonzero(units == SEP), word_starts)
+    lengths = word_ends - word_starts
+    ends = np.cumsum(lengths)
+    return Batch(units[is_word], ends - lengths, ends, doc.astype(np.int64), len(texts))
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -89,9 +99,12 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 def prefix_hashes(batch: Batch) -> np.ndarray:
     powers, _ = _power_tables(len(batch.data))
+    values = batch.data.astype(np.uint64)
+    values[batch.ends - 1] += _WORD_END
     prefix = np.zeros(len(batch.data) + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        np.cumsum(batch.data.astype(np.uint64) * powers, out=prefix[1:])
+        np.multiply(values, powers, out=values)
+        np.cumsum(values, out=prefix[1:])
     return prefix
 
 
@@ -103,9 +116,7 @@ def gram_hashes(batch: Batch, length: int, prefix: np.ndarray | None = None) -> 
     if prefix is None:
         prefix = prefix_hashes(batch)
     _, inv_powers = _power_tables(len(batch.data))
-    first = np.arange(n_words - length + 1)
-    inside = batch.doc[: n_words - length + 1] == batch.doc[length - 1:]
-    first = first[inside]
+    first = np.flatnonzero(batch.doc[: n_words - length + 1] == batch.doc[length - 1:])
     s = batch.starts[first]
     e = batch.ends[first + length - 1]
     with np.errstate(over="ignore"):
@@ -115,8 +126,5 @@ def gram_hashes(batch: Batch, length: int, prefix: np.ndarray | None = None) -> 
 
 def hash_text(words: list[str]) -> int:
     """The kernel's hash of one n-gram given as normalised words (for tests and one-off lookups)."""
-    data = np.frombuffer(" ".join(words).encode("utf-32-le"), dtype=np.uint32)
-    powers, _ = _power_tables(len(data))
-    with np.errstate(over="ignore"):
-        h = np.array([np.sum(data.astype(np.uint64) * powers, dtype=np.uint64)], dtype=np.uint64)
-    return int(_mix(h)[0])
+    batch = normalise_batch([" ".join(words)])
+    return int(gram_hashes(batch, len(batch.starts))[1][0])

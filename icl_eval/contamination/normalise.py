@@ -1,10 +1,11 @@
-"""The paper's word normalisation (GPT-3 Appendix C), as lookup tables over Unicode code points.
+"""The paper's word normalisation (GPT-3 Appendix C), as one lookup table over UTF-16 code units.
 
 Lowercase, punctuation removed, split on whitespace. Concretely: NFKC first (composed and decomposed accents,
-full-width letters and ligatures agree), then every code point is classed by one table lookup: letters and
-digits (str.isalnum) are word characters and are lowercased, whitespace separates words, everything else
-(punctuation, symbols, controls, underscore) is removed, so "don't" is one word, "dont".
-The tables are numpy arrays indexed by code point, so a whole batch of documents is classed in one pass.
+full-width letters and ligatures agree), then each character goes through one table: letters and digits
+(str.isalnum) become their lowercase form, whitespace becomes a separator, and everything else (punctuation,
+symbols, controls, underscore) is removed, so "don't" is one word, "dont". The table covers the Basic
+Multilingual Plane (128 KB, it stays in cache); characters beyond it (emoji and rare scripts, which arrive as
+surrogate pairs) count as punctuation.
 Bump NORMALISATION_VERSION whenever the output of `normalise` can change: it keys the scan cache.
 """
 
@@ -15,29 +16,28 @@ import unicodedata
 
 import numpy as np
 
-NORMALISATION_VERSION = 1
+NORMALISATION_VERSION = 2
 
 # Document separator inside a batch: its own class, so n-grams never cross from one document into the next.
 DOC_SEP = "\x00"
-DROP, WORD, SPACE, SEP = 0, 1, 2, 3
-N_CODEPOINTS = 0x110000
+# Table values for non-word characters: surrogate code units, which no word character can map to.
+DROP, SPACE, SEP = 0xD800, 0xD801, 0xD802
+N_BMP = 0x10000
 
 
 @functools.lru_cache(maxsize=1)
-def tables() -> tuple[np.ndarray, np.ndarray]:
-    """(class per code point, lowercase code point per code point); built once per process (~0.3 s)."""
-    chars = list(map(chr, range(N_CODEPOINTS)))
-    cls = np.fromiter(map(str.isalnum, chars), dtype=np.uint8, count=N_CODEPOINTS)  # WORD == 1
-    for cp in range(0x3100):  # every Unicode space character lies below U+3100
-        if chars[cp].isspace():
-            cls[cp] = SPACE
-    cls[0] = SEP
-    lower = np.arange(N_CODEPOINTS, dtype=np.uint32)
-    for cp in np.flatnonzero(cls == WORD).tolist():
-        low = chars[cp].lower()
-        if len(low) == 1:  # the few one-to-many lowercasings (e.g. U+0130) keep their code point
-            lower[cp] = ord(low)
-    return cls, lower
+def table() -> np.ndarray:
+    """uint16 per BMP code unit: the lowercase word character, or DROP / SPACE / SEP; built once per process."""
+    chars = list(map(chr, range(N_BMP)))
+    out = np.full(N_BMP, DROP, dtype=np.uint16)
+    for cp, ch in enumerate(chars):
+        if ch.isalnum() and not 0xD800 <= cp < 0xE000:
+            low = ch.lower()
+            out[cp] = ord(low) if len(low) == 1 else cp  # the few one-to-many lowercasings keep their character
+        elif ch.isspace():
+            out[cp] = SPACE
+    out[0] = SEP
+    return out
 
 
 def nfkc(text: str) -> str:

@@ -77,7 +77,7 @@ def _scan_batch(table: GramTable, texts: list[str], ids: list[str], hits: _Shard
         _, first_of_pair = np.unique(gid * batch.n_docs + batch.doc[pos], return_index=True)
         for k in np.sort(first_of_pair).tolist():
             w, g = int(pos[k]), int(gid[k])
-            if hits.full[g] or batch.span(w, length) != table.texts[g]:
+            if hits.full[g] or batch.key(w, length) != table.texts[g]:
                 continue  # enough documents already, or a hash collision: the text decides
             hits.add(g, ids[int(batch.doc[w])], lambda: _snippet(batch, w, length))
 
