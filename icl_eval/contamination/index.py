@@ -21,8 +21,9 @@ from icl_eval.task_config import TaskConfig
 
 DEFAULT_N = 13
 GPT3_RANGE = (8, 13)
-# A bitmap over the top bits of the hashes screens out most corpus n-grams before any binary search.
-BITMAP_BITS = 24
+# Bitmaps over the top bits of the hashes screen out most corpus n-grams before any binary search: a small one
+# that stays in cache first, then a larger one (binary search over unsorted queries is the slow step).
+BITMAP_BITS = (20, 24)
 
 
 @dataclass
@@ -33,18 +34,24 @@ class GramTable:
     hashes: np.ndarray  # uint64, sorted; a hash appears once per gram that has it
     gram_ids: np.ndarray  # int64, parallel to hashes
     texts: list[bytes]  # per gram: its exact key (ngrams.Batch.key), compared on every hash hit
-    _bitmap: np.ndarray | None = field(default=None, repr=False, compare=False)
+    _bitmaps: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
-    def bitmap(self) -> np.ndarray:
-        if self._bitmap is None:
-            bitmap = np.zeros(1 << BITMAP_BITS, dtype=bool)
-            bitmap[self.hashes >> np.uint64(64 - BITMAP_BITS)] = True
-            self._bitmap = bitmap
-        return self._bitmap
+    def candidates(self, hashes: np.ndarray) -> np.ndarray:
+        """Indices of the hashes that may be in the table (a superset; the binary search decides)."""
+        if self._bitmaps is None:
+            self._bitmaps = []
+            for bits in BITMAP_BITS:
+                bitmap = np.zeros(1 << bits, dtype=bool)
+                bitmap[self.hashes >> np.uint64(64 - bits)] = True
+                self._bitmaps.append(bitmap)
+        idx = np.arange(len(hashes))
+        for bits, bitmap in zip(BITMAP_BITS, self._bitmaps):
+            idx = idx[bitmap[hashes[idx] >> np.uint64(64 - bits)]]
+        return idx
 
     def __getstate__(self) -> dict:
-        # Workers rebuild the bitmap; shipping 16 MB of it would dwarf the table.
-        return {**self.__dict__, "_bitmap": None}
+        # Workers rebuild the bitmaps; shipping 17 MB of them would dwarf the table.
+        return {**self.__dict__, "_bitmaps": None}
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"v{NORMALISATION_VERSION} {self.lengths}".encode())

@@ -11,7 +11,7 @@ mark an example dirty.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class Batch:
     ends: np.ndarray
     doc: np.ndarray  # int64 per word: index of its document in the batch (non-decreasing)
     n_docs: int
+    _bounds: np.ndarray | None = field(default=None, repr=False)
 
     def key(self, i: int, length: int) -> bytes:
         """The n-gram of `length` words from word i, exactly, as bytes: its word lengths, then its characters."""
@@ -54,10 +55,20 @@ class Batch:
 
     def text(self, lo: int, hi: int) -> str:
         """Words lo..hi-1 as normalised text."""
-        return " ".join(self.data[s:e].tobytes().decode("utf-16-le") for s, e in zip(self.starts[lo:hi], self.ends[lo:hi]))
+        if hi <= lo:
+            return ""
+        base = self.starts[lo]
+        chars = np.insert(self.data[base:self.ends[hi - 1]], self.starts[lo + 1:hi] - base, np.uint16(32))
+        return chars.astype("<u2").tobytes().decode("utf-16-le")
+
+    def doc_words(self, doc: int) -> tuple[int, int]:
+        """The range of word indices of one document."""
+        if self._bounds is None:
+            self._bounds = np.searchsorted(self.doc, np.arange(self.n_docs + 1))
+        return int(self._bounds[doc]), int(self._bounds[doc + 1])
 
     def words(self, doc: int) -> list[str]:
-        lo, hi = np.searchsorted(self.doc, [doc, doc + 1])
+        lo, hi = self.doc_words(doc)
         return self.text(lo, hi).split(" ") if hi > lo else []
 
 
@@ -83,10 +94,13 @@ def normalise_batch(texts: list[str]) -> Batch:
     edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
     word_starts = np.flatnonzero(edges == 1)
     word_ends = np.flatnonzero(edges == -1)
-    doc = np.searchsorted(np.flatnonzero(units == SEP), word_starts)
+    # Documents are few next to words: count each one's words and repeat its index.
+    first_words = np.searchsorted(word_starts, np.flatnonzero(units == SEP))
+    per_doc = np.diff(first_words, prepend=0, append=len(word_starts))
+    doc = np.repeat(np.arange(len(texts), dtype=np.int64), per_doc)
     lengths = word_ends - word_starts
     ends = np.cumsum(lengths)
-    return Batch(units[is_word], ends - lengths, ends, doc.astype(np.int64), len(texts))
+    return Batch(units[is_word], ends - lengths, ends, doc, len(texts))
 
 
 def _mix(h: np.ndarray) -> np.ndarray:

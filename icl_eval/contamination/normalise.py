@@ -41,7 +41,11 @@ def table() -> np.ndarray:
 
 
 def nfkc(text: str) -> str:
-    return text if text.isascii() or unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
+    if text.isascii():
+        return text
+    # NFKC maps the no-break space to a space; doing that first spares most web text the full normalisation.
+    text = text.replace("\xa0", " ")
+    return text if unicodedata.is_normalized("NFKC", text) else unicodedata.normalize("NFKC", text)
 
 
 def normalise(text: str) -> list[str]:

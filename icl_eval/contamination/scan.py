@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icl_eval.contamination.corpus import Problems, Shard, read_documents
-from icl_eval.contamination.index import BITMAP_BITS, GramTable
+from icl_eval.contamination.index import GramTable
 from icl_eval.contamination.ngrams import Batch, gram_hashes, normalise_batch, prefix_hashes
 
 SNIPPET_CONTEXT_WORDS = 6
@@ -43,20 +43,34 @@ class _ShardHits:
 
 
 def _snippet(batch: Batch, w: int, length: int) -> str:
-    lo, hi = np.searchsorted(batch.doc, [batch.doc[w], batch.doc[w] + 1])
+    lo, hi = batch.doc_words(int(batch.doc[w]))
     a, b = max(lo, w - SNIPPET_CONTEXT_WORDS), min(hi, w + length + SNIPPET_CONTEXT_WORDS)
     text = f"{batch.text(a, w)} [{batch.text(w, w + length)}] {batch.text(w + length, b)}".strip()
     return ("… " if a > lo else "") + text + (" …" if b < hi else "")
 
 
+class _Snippets:
+    """One snippet serves the overlapping n-grams of one passage: a long copy yields a few, not one per n-gram."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[int, str]] = {}
+
+    def get(self, batch: Batch, w: int, length: int) -> str:
+        doc = int(batch.doc[w])
+        if doc in self.last and abs(self.last[doc][0] - w) <= SNIPPET_CONTEXT_WORDS:
+            return self.last[doc][1]
+        text = _snippet(batch, w, length)
+        self.last[doc] = (w, text)
+        return text
+
+
 def _scan_batch(table: GramTable, texts: list[str], ids: list[str], hits: _ShardHits) -> None:
     batch = normalise_batch(texts)
+    snippets = _Snippets()
     prefix = prefix_hashes(batch)
-    bitmap = table.bitmap()
-    shift = np.uint64(64 - BITMAP_BITS)
     for length in table.lengths:
         first, h = gram_hashes(batch, length, prefix)
-        keep = bitmap[h >> shift]
+        keep = table.candidates(h)
         first, h = first[keep], h[keep]
         lo = np.searchsorted(table.hashes, h, side="left")
         hi = np.searchsorted(table.hashes, h, side="right")
@@ -79,12 +93,12 @@ def _scan_batch(table: GramTable, texts: list[str], ids: list[str], hits: _Shard
             w, g = int(pos[k]), int(gid[k])
             if hits.full[g] or batch.key(w, length) != table.texts[g]:
                 continue  # enough documents already, or a hash collision: the text decides
-            hits.add(g, ids[int(batch.doc[w])], lambda: _snippet(batch, w, length))
+            hits.add(g, ids[int(batch.doc[w])], lambda: snippets.get(batch, w, length))
 
 
 def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     """Scan one corpus file; returns {shard, docs, chars, seconds, hits: {gid: refs}, problems}."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     problems = Problems()
     hits = _ShardHits(len(table.texts), options.boilerplate + 1)
     texts: list[str] = []
@@ -103,6 +117,7 @@ def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
         n_docs, n_chars = n_docs + len(texts), n_chars + pending
     return {
         "shard": shard.url, "docs": n_docs, "chars": n_chars, "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
         "hits": {str(g): refs for g, refs in sorted(hits.hits.items())},
         "problems": {"counts": problems.counts, "examples": problems.examples},
     }
@@ -113,12 +128,12 @@ def merge(results: list[dict], boilerplate: int) -> tuple[dict[int, list], Probl
     cap = boilerplate + 1
     refs: dict[int, list] = {}
     problems = Problems()
-    totals = {"files": len(results), "docs": 0, "chars": 0, "seconds": 0.0}
+    totals = {"files": len(results), "docs": 0, "chars": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     for r in results:
         for g, rs in r["hits"].items():
             have = refs.setdefault(int(g), [])
             have.extend(rs[: cap - len(have)])
         problems.merge(Problems(dict(r["problems"]["counts"]), list(r["problems"]["examples"])))
-        for key in ("docs", "chars", "seconds"):
+        for key in ("docs", "chars", "seconds", "cpu_seconds"):
             totals[key] += r[key]
     return refs, problems, totals
