@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -136,13 +137,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         for k, counts in info["truncation"].items():
             if any(counts.values()):
                 print(f"note: {name} {k}-shot: {counts['demos_dropped']} prompts lost demonstrations, {counts['left_truncated']} were left-truncated, {counts['nonfinite']} had NaN/inf logits (excluded)")
-    print(writer.results_path)
     if contamination is not None:
         from icl_eval.contamination.rescore import rescore_runs, write_rescore
 
-        rows, text = rescore_runs(contamination, [("", writer.dir, [r.__dict__ for r in result.records])])
+        rows, text = rescore_runs(contamination, [("", writer.dir, [dataclasses.asdict(r) for r in result.records])])
         print(text, end="")
         write_rescore(writer.dir, rows, text)
+    print(writer.results_path)
     return 0
 
 

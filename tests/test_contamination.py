@@ -256,7 +256,7 @@ TASK = """
 name: planted
 output_type: loglikelihood
 template: planted.jinja
-metrics: [acc]
+metrics: [acc, perplexity]
 contamination_fields: input
 data:
   local: planted.jsonl
@@ -314,3 +314,35 @@ def test_lambada_against_a_corpus_with_planted_passages(shared, tmp_path):
     report = check(index, [str(write_jsonl(tmp_path / "c.jsonl", corpus))], ScanOptions(), workers=1).report
     lam = report["tasks"]["lambada"]
     assert lam["total"] == 5153 and sorted(e["doc_id"] for e in lam["examples"] if e["dirty"]) == planted
+
+
+def test_run_and_compare_take_a_contamination_report(tiny_checkpoint, tmp_path, capsys):
+    from icl_eval.cli import main
+
+    rng = random.Random(11)
+    docs = [{"text": words(rng, 15), "answer": "w1"} for _ in range(6)]
+    (tmp_path / "planted.yaml").write_text(TASK)
+    (tmp_path / "planted.jinja").write_text("{% block input %}{{ text }}{% endblock %}{% block target %}{{ answer }}{% endblock %}")
+    (tmp_path / "planted.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    index = build_index([("planted", "input", [(i, d["text"]) for i, d in enumerate(docs)])], "13")
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", [docs[2]["text"], docs[5]["text"]])
+    report_path = tmp_path / "contamination.json"
+    report_path.write_text(json.dumps(check(index, [str(corpus)], ScanOptions(), workers=1).report))
+
+    out = tmp_path / "runs"
+    code = main(["run", "--model", str(tiny_checkpoint), "--tasks", "planted", "--include-path", str(tmp_path), "--data-dir", str(tmp_path),
+                 "--output", str(out), "--contamination", str(report_path), "--batch-size", "4"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    results_path = Path(printed.strip().splitlines()[-1])
+    rows = json.loads((results_path.parent / "contamination_scores.json").read_text())
+    samples = [json.loads(line) for line in (results_path.parent / "samples" / "planted_0shot.jsonl").open()]
+    ppl = {s["doc_id"]: s["metrics"]["perplexity"] for s in samples}
+    (row,) = [r for r in rows if r["metric"] == "perplexity"]
+    assert (row["n_dirty"], row["n_clean"]) == (2, 4)
+    assert row["dirty"] == pytest.approx(aggregate("perplexity", [ppl[2], ppl[5]])[0])
+    assert row["clean"] == pytest.approx(aggregate("perplexity", [ppl[i] for i in (0, 1, 3, 4)])[0])
+    assert "clean vs all" in printed
+
+    assert main(["compare", str(out), "--contamination", str(report_path)]) == 0
+    assert "| tiny-gpt2 | planted | 0 | perplexity | 13 |" in capsys.readouterr().out

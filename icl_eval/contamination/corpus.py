@@ -80,7 +80,8 @@ def expand(patterns: list[str]) -> list[Shard]:
 
     shards = []
     for pattern in patterns:
-        fs, _, paths = fsspec.get_fs_token_paths(pattern)
+        fs, path = fsspec.core.url_to_fs(pattern)
+        paths = fs.glob(path) if any(c in path for c in "*?[") else [path] if fs.exists(path) else []
         if not paths:
             raise IclEvalError(f"--corpus {pattern!r}: no files match; check the path or quote the glob")
         for path in sorted(paths):
@@ -88,7 +89,7 @@ def expand(patterns: list[str]) -> list[Shard]:
                 raise IclEvalError(f"--corpus {pattern!r}: {path} is a directory; give a glob such as '{path}/*.jsonl.gz'")
             _split_name(path)
             info = fs.info(path)
-            url = fs.unstrip_protocol(path) if fs.protocol not in ("file", ("file", "local")) else path
+            url = path if "file" in fs.protocol else fs.unstrip_protocol(path)
             shards.append(Shard(url, int(info.get("size") or 0), f"{info.get('size')}-{fs.ukey(path)}"))
     return shards
 

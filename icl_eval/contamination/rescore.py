@@ -98,5 +98,7 @@ def rescore_runs(report: dict[str, Any], runs: list[tuple[str, Path, list[dict]]
 def write_rescore(run_dir: Path, rows: list[dict[str, Any]], table: str) -> None:
     from icl_eval.results import atomic_write
 
-    atomic_write(run_dir / "contamination_scores.json", json.dumps(rows, indent=1, allow_nan=True) + "\n")
+    # NaN (an empty subset) is not JSON: write null.
+    clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows]
+    atomic_write(run_dir / "contamination_scores.json", json.dumps(clean, indent=1) + "\n")
     atomic_write(run_dir / "contamination_scores.md", table)
