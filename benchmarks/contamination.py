@@ -130,7 +130,7 @@ def main() -> None:
         if engine == "dask":
             from dask.distributed import LocalCluster
 
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
             scheduler = cluster.scheduler_address
         try:
             outcome = check(index, corpus, ScanOptions(), engine=engine, workers=workers, scheduler=scheduler)

@@ -232,7 +232,7 @@ def test_dask_local_cluster_gives_identical_results(sharded):
 
     index, corpus = sharded
     local = check(index, corpus, ScanOptions(), workers=1).report
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster:
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster:
         remote = check(index, corpus, ScanOptions(), engine="dask", scheduler=cluster.scheduler_address).report
     assert remote["tasks"] == local["tasks"]
     assert remote["scan"]["docs"] == local["scan"]["docs"] == 1200

@@ -53,7 +53,7 @@ def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, worker
             except (OSError, TimeoutError) as e:
                 raise IclEvalError(f"--scheduler {scheduler}: cannot connect ({e}); start one with `dask scheduler` or drop --scheduler for a local cluster") from None
         else:
-            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
             client = Client(cluster)
         with client:
             # Broadcast once; every partition's task then depends on the same remote copy.

@@ -113,12 +113,13 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 def prefix_hashes(batch: Batch) -> np.ndarray:
     powers, _ = _power_tables(len(batch.data))
-    values = batch.data.astype(np.uint64)
-    values[batch.ends - 1] += _WORD_END
     prefix = np.zeros(len(batch.data) + 1, dtype=np.uint64)
+    terms = prefix[1:]
+    last = batch.ends - 1
     with np.errstate(over="ignore"):
-        np.multiply(values, powers, out=values)
-        np.cumsum(values, out=prefix[1:])
+        np.multiply(batch.data, powers, out=terms)  # widened to uint64 on the fly, no separate copy
+        terms[last] += _WORD_END * powers[last]
+        np.cumsum(terms, out=terms)
     return prefix
 
 
