@@ -49,7 +49,7 @@ def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, worker
     try:
         if scheduler:
             try:
-                client = Client(scheduler, timeout="20s")
+                client = Client(scheduler, timeout="10s")
             except (OSError, TimeoutError) as e:
                 raise IclEvalError(f"--scheduler {scheduler}: cannot connect ({e}); start one with `dask scheduler` or drop --scheduler for a local cluster") from None
         else:
