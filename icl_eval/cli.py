@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run")
     run.add_argument("--cache", default=None, metavar="PATH", help="SQLite response cache (default OUTPUT/.cache/responses.sqlite); rerunning a command resumes from it")
     run.add_argument("--no-cache", action="store_true", help="compute every response, store none")
+    run.add_argument("--contamination", default=None, metavar="REPORT", help="contamination.json: also score clean and dirty examples apart")
     _add_task_options(run)
 
     tasks = sub.add_parser("tasks", help="list every task")
@@ -134,6 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
     for task in tasks:
         load_template(task)  # a template that does not compile should cost no load time either
+    contamination = _load_contamination(args.contamination)  # a bad report path, too
     run_id = new_run_id()
     writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
     try:
@@ -176,8 +179,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         for k, counts in info["truncation"].items():
             if any(counts.values()):
                 print(f"note: {name} {k}-shot: {counts['demos_dropped']} prompts lost demonstrations, {counts['left_truncated']} were left-truncated, {counts['nonfinite']} had NaN/inf logits (excluded)")
+    if contamination is not None:
+        from icl_eval.contamination.rescore import rescore_runs, write_rescore
+
+        rows, text = rescore_runs(contamination, [("", writer.dir, [dataclasses.asdict(r) for r in result.records])])
+        print(text, end="")
+        write_rescore(writer.dir, rows, text)
     print(writer.results_path)
     return 0
+
+
+def _load_contamination(path: str | None):
+    if path is None:
+        return None
+    from icl_eval.contamination.rescore import load_report
+
+    return load_report(path)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:

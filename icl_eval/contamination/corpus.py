@@ -1,0 +1,214 @@
+"""Streaming the training corpus: files from a path, glob or fsspec URL, read in blocks, never whole.
+
+Formats by extension: .jsonl/.ndjson/.json (one JSON object per line, text in a configurable field),
+.txt (one document per line) and .parquet (a text column), each optionally .gz or .zst.
+Bad input is skipped and counted, never fatal: a bad JSON line, a line without the text field, and a corrupt
+gzip member (reading resumes at the next member's header). Each problem keeps its file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+from icl_eval.errors import IclEvalError
+
+try:  # several times faster than json on long lines; the standard library is the fallback
+    import orjson
+
+    _loads = orjson.loads
+    _JSONError: tuple[type[Exception], ...] = (orjson.JSONDecodeError, ValueError)
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+    _JSONError = (ValueError,)
+
+BLOCK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".txt": "text", ".text": "text", ".parquet": "parquet"}
+MAX_PROBLEMS_KEPT = 50
+
+
+@dataclass
+class Problems:
+    """Skipped input: counts by kind, and the first few with their file and line."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, kind: str, where: str, message: str) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.examples) < MAX_PROBLEMS_KEPT:
+            self.examples.append(f"{where}: {message}")
+
+    def merge(self, other: "Problems") -> None:
+        for kind, n in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + n
+        self.examples.extend(other.examples[: MAX_PROBLEMS_KEPT - len(self.examples)])
+
+
+def _split_name(path: str) -> tuple[str, str]:
+    """(format, compression) from a file name."""
+    name = path.rsplit("/", 1)[-1].lower()
+    compression = ""
+    for ext in (".gz", ".zst"):
+        if name.endswith(ext):
+            compression, name = ext[1:], name[: -len(ext)]
+    dot = name.rfind(".")
+    fmt = FORMATS.get(name[dot:] if dot >= 0 else "")
+    if fmt is None:
+        raise IclEvalError(
+            f"{path}: unknown corpus file type; name files .jsonl, .txt or .parquet (optionally .gz or .zst)"
+        )
+    return fmt, compression
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One corpus file: the unit of work of both engines."""
+
+    url: str  # as fsspec understands it (a local path, file://, s3://, ...)
+    size: int
+    fingerprint: str  # changes when the file does (fsspec's ukey: mtime/etag and size)
+
+
+def expand(patterns: list[str]) -> list[Shard]:
+    """Every file the paths, globs or URLs name, in a stable order, with fingerprints for the cache."""
+    import fsspec
+
+    shards = []
+    for pattern in patterns:
+        fs, path = fsspec.core.url_to_fs(pattern)
+        paths = fs.glob(path) if any(c in path for c in "*?[") else [path] if fs.exists(path) else []
+        if not paths:
+            raise IclEvalError(f"--corpus {pattern!r}: no files match; check the path or quote the glob")
+        for path in sorted(paths):
+            if fs.isdir(path):
+                raise IclEvalError(f"--corpus {pattern!r}: {path} is a directory; give a glob such as '{path}/*.jsonl.gz'")
+            _split_name(path)
+            info = fs.info(path)
+            url = path if "file" in fs.protocol else fs.unstrip_protocol(path)
+            shards.append(Shard(url, int(info.get("size") or 0), f"{info.get('size')}-{fs.ukey(path)}"))
+    return shards
+
+
+class _Corrupt:
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _gunzip(raw: IO[bytes]) -> Iterator[bytes | _Corrupt]:
+    """Decompress concatenated gzip members; a corrupt member yields _Corrupt and reading resumes at the next."""
+    new = lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)  # noqa: E731
+    d, pending, fed = new(), b"", False
+    while True:
+        if not pending:
+            pending = raw.read(BLOCK)
+            if not pending:
+                break
+        try:
+            out = d.decompress(pending)
+            fed = True
+        except zlib.error as e:
+            yield _Corrupt(f"corrupt gzip data ({e}); skipped to the next gzip member")
+            d, fed = new(), False
+            at = pending.find(_GZIP_MAGIC, 1)
+            while at < 0:
+                more = raw.read(BLOCK)
+                if not more:
+                    return
+                pending = pending[-2:] + more
+                at = pending.find(_GZIP_MAGIC, 1)
+            pending = pending[at:]
+            continue
+        if out:
+            yield out
+        if d.eof:
+            pending, d, fed = d.unused_data, new(), False
+        else:
+            pending = b""
+    if fed:
+        yield _Corrupt("gzip stream ends in the middle of a member (truncated file)")
+
+
+def _blocks(raw: IO[bytes], compression: str) -> Iterator[bytes | _Corrupt]:
+    if compression == "gz":
+        yield from _gunzip(raw)
+        return
+    if compression == "zst":
+        import zstandard
+
+        try:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+            while block := reader.read(BLOCK):
+                yield block
+        except zstandard.ZstdError as e:
+            yield _Corrupt(f"corrupt zstd data ({e}); the rest of the file is skipped")
+        return
+    while block := raw.read(BLOCK):
+        yield block
+
+
+def _lines(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) pairs; a line broken by corruption is dropped, not half-read."""
+    tail = b""
+    lineno = 0
+    for block in _blocks(raw, compression):
+        if isinstance(block, _Corrupt):
+            problems.add("corrupt_compressed_data", f"{where}:{lineno + 1}", block.message)
+            tail = b""
+            continue
+        lines = (tail + block).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            lineno += 1
+            yield lineno, line
+    if tail:
+        yield lineno + 1, tail
+
+
+def read_documents(shard: Shard, text_field: str, problems: Problems) -> Iterator[tuple[str, str]]:
+    """(document id, text) for every document of one file; the id is `file:line` (or `file#row` for parquet)."""
+    import fsspec
+
+    fmt, compression = _split_name(shard.url)
+    with fsspec.open(shard.url, "rb") as raw:
+        if fmt == "parquet":
+            yield from _parquet(raw, shard.url, text_field, problems)
+            return
+        for lineno, line in _lines(raw, compression, shard.url, problems):
+            if fmt == "text":
+                text = line.decode("utf-8", errors="replace").rstrip("\r")
+                if text.strip():
+                    yield f"{shard.url}:{lineno}", text
+                continue
+            if not line.strip():
+                continue
+            try:
+                doc = _loads(line)
+            except _JSONError as e:
+                problems.add("bad_json_lines", f"{shard.url}:{lineno}", f"not valid JSON ({str(e)[:80]})")
+                continue
+            text = doc.get(text_field) if isinstance(doc, dict) else None
+            if not isinstance(text, str):
+                problems.add("missing_text_field", f"{shard.url}:{lineno}", f"no string field '{text_field}' (set --text-field)")
+                continue
+            yield f"{shard.url}:{lineno}", text
+
+
+def _parquet(raw: IO[bytes], url: str, text_field: str, problems: Problems) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(raw)
+    if text_field not in pf.schema_arrow.names:
+        raise IclEvalError(f"{url}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); set --text-field")
+    row = 0
+    for batch in pf.iter_batches(batch_size=8192, columns=[text_field]):
+        for text in batch.column(0).to_pylist():
+            row += 1
+            if isinstance(text, str):
+                yield f"{url}#{row}", text
+            else:
+                problems.add("missing_text_field", f"{url}#{row}", f"column '{text_field}' is not text here")

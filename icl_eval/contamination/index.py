@@ -1,0 +1,158 @@
+"""The evaluation side: every example's n-grams, hashed, with the examples they came from.
+
+Examples are rendered with the task's own template (`prompts.render_example`), keyed by doc_id like the sample
+logs, and reduced to the fields the task's YAML names in `contamination_fields`. Each distinct n-gram text is
+one *gram*; the `GramTable` (sorted hashes -> gram ids -> gram text) is all a corpus scan needs, a few MB that
+is sent to every worker once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from icl_eval.contamination.ngrams import gram_hashes, key_length, normalise_batch, prefix_hashes
+from icl_eval.contamination.normalise import NORMALISATION_VERSION
+from icl_eval.errors import IclEvalError
+from icl_eval.task_config import TaskConfig
+
+DEFAULT_N = 13
+GPT3_RANGE = (8, 13)
+# Bitmaps over the top bits of the hashes screen out most corpus n-grams before any binary search: a small one
+# that stays in cache first, then a larger one (binary search over unsorted queries is the slow step).
+BITMAP_BITS = (20, 24)
+
+
+@dataclass
+class GramTable:
+    """What a scan worker needs: hash -> gram ids (sorted by hash) and each gram's normalised text."""
+
+    lengths: tuple[int, ...]  # the n-gram lengths to hash the corpus at (N, and shorter whole examples)
+    hashes: np.ndarray  # uint64, sorted; a hash appears once per gram that has it
+    gram_ids: np.ndarray  # int64, parallel to hashes
+    texts: list[bytes]  # per gram: its exact key (ngrams.Batch.key), compared on every hash hit
+    _bitmaps: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
+
+    def candidates(self, hashes: np.ndarray) -> np.ndarray:
+        """Indices of the hashes that may be in the table (a superset; the binary search decides)."""
+        if self._bitmaps is None:
+            self._bitmaps = []
+            for bits in BITMAP_BITS:
+                bitmap = np.zeros(1 << bits, dtype=bool)
+                bitmap[self.hashes >> np.uint64(64 - bits)] = True
+                self._bitmaps.append(bitmap)
+        idx = np.arange(len(hashes))
+        for bits, bitmap in zip(BITMAP_BITS, self._bitmaps):
+            idx = idx[bitmap[hashes[idx] >> np.uint64(64 - bits)]]
+        return idx
+
+    def __getstate__(self) -> dict:
+        # Workers rebuild the bitmaps; shipping 17 MB of them would dwarf the table.
+        return {**self.__dict__, "_bitmaps": None}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"v{NORMALISATION_VERSION} {self.lengths}".encode())
+        for text in sorted(self.texts):
+            h.update(len(text).to_bytes(8, "little") + text)
+        return h.hexdigest()[:24]
+
+
+@dataclass
+class IndexedExample:
+    doc_id: int
+    n_words: int
+    grams: list[int]  # gram id at each n-gram position (one entry for an example shorter than N)
+
+
+@dataclass
+class IndexedTask:
+    name: str
+    n: int
+    fields: str  # input | target | both
+    examples: list[IndexedExample]
+
+
+@dataclass
+class EvalIndex:
+    table: GramTable
+    tasks: list[IndexedTask]
+
+
+def example_text(task: TaskConfig, doc: dict, doc_id: int) -> str:
+    """The part of an example the contamination check reads, as the model would see it zero-shot."""
+    from icl_eval.prompts import render_example
+
+    inp, tgt = render_example(task, doc, doc_id)
+    if task.contamination_fields == "input":
+        return inp
+    if task.contamination_fields == "target":
+        return tgt
+    return inp + task.target_delimiter + tgt
+
+
+def choose_n(ngram: str, lengths: list[int]) -> int:
+    """N = 13, a fixed number, or `gpt3`: the 5th-percentile example length in words clamped to [8, 13]."""
+    if ngram == "gpt3":
+        if not lengths:
+            return DEFAULT_N
+        p5 = int(np.percentile(np.asarray(lengths), 5, method="lower"))
+        return min(max(p5, GPT3_RANGE[0]), GPT3_RANGE[1])
+    if ngram.isdigit() and int(ngram) > 0:
+        return int(ngram)
+    raise IclEvalError(f"--ngram {ngram!r}: give a positive number of words (13 in the paper) or 'gpt3'")
+
+
+def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram: str) -> EvalIndex:
+    """Index (task name, fields, [(doc_id, text)]) triples; n-grams that several examples share are one gram."""
+    gram_of: dict[bytes, int] = {}
+    texts: list[bytes] = []
+    hashes: list[int] = []
+    tasks = []
+    for name, fields, docs in named_texts:
+        batch = normalise_batch([text for _, text in docs])
+        counts = np.bincount(batch.doc, minlength=len(docs))
+        n = choose_n(ngram, counts.tolist())
+        prefix = prefix_hashes(batch)
+        first_word = np.concatenate([[0], np.cumsum(counts)])
+        by_length: dict[int, dict[int, int]] = {}  # length -> first word -> hash
+        for length in sorted({n, *(int(c) for c in counts if 0 < c < n)}):
+            starts, h = gram_hashes(batch, length, prefix)
+            by_length[length] = dict(zip(starts.tolist(), h.tolist()))
+        examples = []
+        for i, (doc_id, _) in enumerate(docs):
+            n_words = int(counts[i])
+            length = min(n, n_words)
+            positions = range(first_word[i], first_word[i] + n_words - length + 1) if n_words else range(0)
+            ids = []
+            for w in positions:
+                text = batch.key(w, length)
+                gid = gram_of.get(text)
+                if gid is None:
+                    gid = gram_of[text] = len(texts)
+                    texts.append(text)
+                    hashes.append(by_length[length][w])
+                ids.append(gid)
+            examples.append(IndexedExample(doc_id, n_words, ids))
+        tasks.append(IndexedTask(name, n, fields, examples))
+    lengths = tuple(sorted({key_length(t) for t in texts}))
+    order = np.argsort(np.asarray(hashes, dtype=np.uint64), kind="stable")
+    table = GramTable(lengths, np.asarray(hashes, dtype=np.uint64)[order], order.astype(np.int64), texts)
+    return EvalIndex(table, tasks)
+
+
+def index_tasks(tasks: list[TaskConfig], ngram: str, data_dir: str | None, seed: int) -> EvalIndex:
+    """Load each task's evaluation split with the harness's own machinery and index it."""
+    from icl_eval.evaluator import Settings, prepare
+
+    named = []
+    for task in tasks:
+        prep = prepare(task, Settings(seed=seed, data_dir=data_dir))
+        named.append((task.name, task.contamination_fields, [(i, example_text(task, doc, i)) for i, doc in enumerate(prep.docs)]))
+    return build_index(named, ngram)
+
+
+def percent(part: int, whole: int) -> float:
+    return 100.0 * part / whole if whole else math.nan

@@ -1,0 +1,84 @@
+"""From confirmed matches to the report: per example flags and statistics, per task counts (Table C.1 style)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from icl_eval.contamination.index import EvalIndex, IndexedExample, percent
+from icl_eval.contamination.normalise import NORMALISATION_VERSION
+
+REPORT_VERSION = 1
+DOCS_SHOWN = 3
+
+
+def _longest_run(found: list[bool], length: int) -> int:
+    """Longest stretch of example words covered by consecutive found n-grams."""
+    best = run = 0
+    for f in found:
+        run = run + 1 if f else 0
+        best = max(best, run)
+    return best + length - 1 if best else 0
+
+
+def example_entry(ex: IndexedExample, n: int, refs: dict[int, list], boilerplate: int) -> dict[str, Any]:
+    length = min(n, ex.n_words)
+    usable = {g for g in ex.grams if 0 < len(refs.get(g, ())) <= boilerplate}
+    found = [g in usable for g in ex.grams]
+    docs: dict[str, str | None] = {}
+    for g in ex.grams:
+        for doc_id, snippet in refs.get(g, ()) if g in usable else ():
+            if docs.get(doc_id) is None:
+                docs[doc_id] = snippet
+    ignored = sum(1 for g in set(ex.grams) if len(refs.get(g, ())) > boilerplate)
+    shown = sorted(docs, key=lambda d: docs[d] is None)[:DOCS_SHOWN]
+    return {
+        "doc_id": ex.doc_id,
+        "dirty": bool(usable),
+        "n_words": ex.n_words,
+        "matched_whole": ex.n_words < n,
+        "ngrams": len(ex.grams),
+        "fraction_found": (sum(found) / len(found)) if found else 0.0,
+        "longest_match_words": _longest_run(found, length) if found else 0,
+        "documents_matched": len(docs),
+        "boilerplate_ngrams_ignored": ignored,
+        "documents": [{"id": d, "snippet": docs[d]} for d in shown],
+    }
+
+
+def build_report(index: EvalIndex, refs: dict[int, list], boilerplate: int, problems: dict, scan: dict) -> dict[str, Any]:
+    tasks = {}
+    for t in index.tasks:
+        examples = [example_entry(ex, t.n, refs, boilerplate) for ex in t.examples]
+        dirty = sum(e["dirty"] for e in examples)
+        tasks[t.name] = {
+            "n": t.n, "fields": t.fields, "total": len(examples), "dirty": dirty, "clean": len(examples) - dirty,
+            "percent_clean": percent(len(examples) - dirty, len(examples)),
+            "short_examples_matched_whole": sum(e["matched_whole"] for e in examples),
+            "examples": examples,
+        }
+    return {
+        "report_version": REPORT_VERSION, "normalisation_version": NORMALISATION_VERSION,
+        "boilerplate_threshold": boilerplate, "scan": scan, "skipped_input": problems, "tasks": tasks,
+    }
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def summary_table(report: dict[str, Any]) -> str:
+    """Per task: N, total, dirty, clean, percent clean (the counting half of the paper's Table C.1)."""
+    rows = [[name, str(t["n"]), t["fields"], str(t["total"]), str(t["dirty"]), str(t["clean"]), _fmt(t["percent_clean"])]
+            for name, t in report["tasks"].items()]
+    return markdown_table(["task", "N", "fields", "total", "dirty", "clean", "% clean"], rows)
+
+
+def dirty_ids(report: dict[str, Any], task: str) -> set[int]:
+    return {e["doc_id"] for e in report["tasks"][task]["examples"] if e["dirty"]}

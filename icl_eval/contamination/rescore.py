@@ -1,0 +1,104 @@
+"""Scores on all / clean / dirty examples from a run's sample logs (the paper's Table C.1).
+
+Per-example metric items come from `samples/<task>_<K>shot.jsonl`; every subset is scored with the metric's own
+`metrics.aggregate`, so a clean score is computed exactly like the full one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from icl_eval.contamination.report import _fmt, dirty_ids, markdown_table
+from icl_eval.errors import IclEvalError
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "contamination.json"
+    try:
+        report = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise IclEvalError(f"--contamination {path}: no report there; give the contamination.json written by `icl-eval contamination`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IclEvalError(f"--contamination {p}: not a JSON report ({e})") from None
+    if not isinstance(report, dict) or "tasks" not in report:
+        raise IclEvalError(f"--contamination {p}: missing field 'tasks'; is this written by `icl-eval contamination`?")
+    return report
+
+
+def _relative(clean: float, whole: float) -> float:
+    return (clean - whole) / abs(whole) if whole and not math.isnan(whole) and not math.isnan(clean) else math.nan
+
+
+def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], label: str = "") -> list[dict[str, Any]]:
+    """One row per (task, shots, metric) that both the run and the report know, from the run's sample logs."""
+    from icl_eval.compare.load import read_items
+    from icl_eval.metrics import METRICS, aggregate
+
+    rows = []
+    logs: dict[tuple[str, int], dict | None] = {}
+    for rec in records:
+        task, shots, metric = rec["task"], int(rec["shots"]), rec["metric"]
+        if task not in report["tasks"] or metric not in METRICS:
+            continue
+        if (task, shots) not in logs:
+            logs[(task, shots)] = read_items(run_dir, task, shots)
+        items = logs[(task, shots)]
+        if items is None:
+            continue
+        dirty = {json.dumps(d) for d in dirty_ids(report, task)}
+        subsets: dict[str, list] = {"all": [], "clean": [], "dirty": []}
+        for doc, m in items.items():
+            if m.get(metric) is None:
+                continue
+            subsets["all"].append(m[metric])
+            subsets["dirty" if doc in dirty else "clean"].append(m[metric])
+        scores = {name: aggregate(metric, xs)[0] if xs else math.nan for name, xs in subsets.items()}
+        rows.append({
+            "model": label, "task": task, "shots": shots, "metric": metric, "n_ngram": report["tasks"][task]["n"],
+            "all": scores["all"], "n_all": len(subsets["all"]), "clean": scores["clean"], "n_clean": len(subsets["clean"]),
+            "dirty": scores["dirty"], "n_dirty": len(subsets["dirty"]),
+            "percent_clean": 100.0 * len(subsets["clean"]) / len(subsets["all"]) if subsets["all"] else math.nan,
+            "relative_change": _relative(scores["clean"], scores["all"]),
+        })
+    return rows
+
+
+def _score(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
+
+
+def rescore_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown in the paper's Table C.1 columns; the relative change is clean vs all."""
+    with_model = any(r["model"] for r in rows)
+    headers = (["model"] if with_model else []) + ["task", "shots", "metric", "N", "all", "dirty", "dirty n", "clean", "clean n", "% clean", "clean vs all"]
+    body = []
+    for r in rows:
+        rel = "—" if math.isnan(r["relative_change"]) else f"{100 * r['relative_change']:+.1f}%"
+        body.append(([r["model"]] if with_model else []) + [
+            r["task"], str(r["shots"]), r["metric"], str(r["n_ngram"]), _score(r["all"]), _score(r["dirty"]), str(r["n_dirty"]),
+            _score(r["clean"]), str(r["n_clean"]), _fmt(r["percent_clean"]), rel,
+        ])
+    return markdown_table(headers, body)
+
+
+def rescore_runs(report: dict[str, Any], runs: list[tuple[str, Path, list[dict]]]) -> tuple[list[dict[str, Any]], str]:
+    """Rows and their table for (label, run folder, records) triples; a note when no sample logs matched."""
+    rows = [row for label, run_dir, records in runs for row in rescore_run(report, run_dir, records, label)]
+    if not rows:
+        known = ", ".join(sorted(report["tasks"]))
+        return rows, f"contamination: no sample logs for the report's tasks ({known}); runs need per-example logs (no --no-log-samples)\n"
+    return rows, "Scores on all / dirty / clean examples (contamination report); clean vs all is the relative change.\n\n" + rescore_table(rows)
+
+
+def write_rescore(run_dir: Path, rows: list[dict[str, Any]], table: str) -> None:
+    from icl_eval.results import atomic_write
+
+    # NaN (an empty subset) is not JSON: write null.
+    clean = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()} for row in rows]
+    atomic_write(run_dir / "contamination_scores.json", json.dumps(clean, indent=1) + "\n")
+    atomic_write(run_dir / "contamination_scores.md", table)
