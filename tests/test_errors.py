@@ -60,9 +60,9 @@ def _corrupt_gzip(d: Path, ckpt: Path) -> list[str]:
     return run_task(d, ckpt, task=TASK.replace("local: t.jsonl", "local: t.jsonl.gz"))
 
 
-def _csv_data(d: Path, ckpt: Path) -> list[str]:
-    (d / "t.csv").write_text("q,a\nx,y\n")
-    return run_task(d, ckpt, task=TASK.replace("t.jsonl", "t.csv"))
+def _xml_data(d: Path, ckpt: Path) -> list[str]:
+    (d / "t.xml").write_text("<q>x</q>\n")
+    return run_task(d, ckpt, task=TASK.replace("t.jsonl", "t.xml"))
 
 
 def _corrupt_cache(d: Path, ckpt: Path) -> list[str]:
@@ -117,7 +117,7 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
     ("corrupt-data-line", lambda d, c: run_task(d, c, data=json.dumps(DOCS[0]) + "\n" + json.dumps(DOCS[1]) + '\n{"q": "x",\n'), ("t.jsonl:3", "not valid JSON", "fix or remove that line")),
     ("data-line-not-object", lambda d, c: run_task(d, c, data=json.dumps(DOCS[0]) + "\n[1, 2]\n"), ("t.jsonl:2", "expected a JSON object per line")),
     ("unreadable-data-file", _corrupt_gzip, ("t.jsonl.gz", "cannot read data file", "re-download it")),
-    ("unknown-data-format", _csv_data, ("t.csv", "no reader for format 'csv'", "set data.format")),
+    ("unknown-data-format", _xml_data, ("t.xml", "no reader for format 'xml'", "set data.format")),
     # --- the model ---
     ("model-missing", lambda d, c: run_builtin(d, d / "no" / "such" / "ckpt"), ("--model", "no such folder", "give a Hugging Face checkpoint folder")),
     ("model-no-config", lambda d, c: run_builtin(d, checkpoint_copy(d, c, drop=lambda n: n == "config.json")), ("--model", "cannot read config.json", "give a checkpoint folder")),

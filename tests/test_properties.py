@@ -69,20 +69,30 @@ def test_any_mapping_loads_or_fails_with_iclevalerror(workdir, raw, data):
 names = st.text(st.characters(categories=["L", "N"]), min_size=1, max_size=10)
 
 
+@st.composite
+def types_and_metrics(draw) -> tuple[str, list[str]]:
+    """An output type and metrics that apply to it: the schema rejects any other pairing."""
+    output_type = draw(st.sampled_from(OUTPUT_TYPES))
+    fitting = sorted(m for m, spec in METRICS.items() if output_type in spec.output_types)
+    return output_type, draw(st.lists(st.sampled_from(fitting), min_size=1, max_size=3, unique=True))
+
+
 @SETTINGS
 @given(
     name=names,
-    output_type=st.sampled_from(OUTPUT_TYPES),
-    metrics=st.lists(st.sampled_from(sorted(METRICS)), min_size=1, max_size=3, unique=True),
+    typed=types_and_metrics(),
     until=st.lists(st.text(min_size=1, max_size=3), max_size=3),
     delimiter=st.text(st.characters(categories=["L", "N", "P", "Zs"], include_characters="\n\t"), max_size=3),  # PyYAML itself cannot round-trip NEL and friends
     max_new_tokens=st.integers(0, 512),
 )
-def test_valid_configs_round_trip(workdir, name, output_type, metrics, until, delimiter, max_new_tokens):
+def test_valid_configs_round_trip(workdir, name, typed, until, delimiter, max_new_tokens):
+    output_type, metrics = typed
     raw = {
         "name": name, "output_type": output_type, "template": "t.jinja", "metrics": metrics, "until": until,
         "fewshot_delimiter": delimiter, "max_new_tokens": max_new_tokens, "data": {"local": "x.jsonl"},
     }
+    if output_type == "multiple_choice":
+        raw.update(choices="endings", gold="label")
     text = yaml.safe_dump(raw, allow_unicode=True)
     a, b = load_task_file(_write(workdir, ".yaml", text)), load_task_file(_write(workdir, ".yaml", text))
     assert (a.name, a.output_type, a.metrics, a.until, a.fewshot_delimiter, a.max_new_tokens) == (name, output_type, tuple(metrics), tuple(until), delimiter, max_new_tokens)

@@ -39,6 +39,7 @@ def stub_hub(monkeypatch):
         return HUB_ROWS[(path, name)]
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("icl_eval.data.hub_reachable", lambda: True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
 
