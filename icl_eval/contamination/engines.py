@@ -59,7 +59,8 @@ def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, worker
             # Broadcast once; every partition's task then depends on the same remote copy.
             table_on_workers = dask.delayed(client.scatter(table, broadcast=True))
             bag = db.from_sequence(shards, npartitions=max(1, len(shards)))
-            return bag.map(scan_shard_bag, table_on_workers, options).compute(scheduler=client)
+            # Only our own workers get the allocator change: a user's cluster may run other jobs.
+            return bag.map(scan_shard_bag, table_on_workers, options, cluster is not None).compute(scheduler=client)
     finally:
         if cluster is not None:
             cluster.close()
@@ -89,8 +90,9 @@ def _tune_allocator() -> None:
         pass
 
 
-def scan_shard_bag(shard: Shard, table: GramTable, options: ScanOptions) -> dict:
-    _tune_allocator()
+def scan_shard_bag(shard: Shard, table: GramTable, options: ScanOptions, tune_allocator: bool = False) -> dict:
+    if tune_allocator:
+        _tune_allocator()
     return scan_shard(table, shard, options)
 
 
