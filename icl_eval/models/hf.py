@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from icl_eval.batching import plan_batches, run_splitting_on_oom
+from icl_eval.batching import group_shared_prefixes, plan_batches, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
 
@@ -48,6 +49,8 @@ class HFModel:
         batch_size: int | str = "auto",
         bos_policy: str = "tokenizer",
         max_length: int | None = None,
+        share_prefixes: bool = True,
+        min_shared_prefix: int = 16,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise IclEvalError(f"{path or name}: icl-eval needs a fast (Rust) tokenizer for character offsets; provide tokenizer.json")
@@ -60,6 +63,10 @@ class HFModel:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.bos_policy = bos_policy
+        # Rows sharing at least this many leading tokens forward them once; off, every row is forwarded whole.
+        self.share_prefixes = share_prefixes
+        self.min_shared_prefix = min_shared_prefix
+        self.tokens_forwarded = 0  # real (unpadded) tokens run through the model: benchmarks derive FLOPs from it
         self.max_length = max_length or self._context_window()
         self.max_rows = None if batch_size == "auto" else int(batch_size)
         self.token_budget = self._auto_token_budget() if batch_size == "auto" else None
@@ -206,25 +213,42 @@ class HFModel:
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None, on_result: OnResult | None = None
     ) -> list[LoglikelihoodResult]:
+        """Scores every request; rows that start with the same tokens have that prefix forwarded only once.
+
+        Candidates of one multiple-choice question (identical contexts) and prompts that open with the same
+        fixed demonstrations are grouped by their common token prefix; the prefix's KV cache is computed
+        once per group and each row forwards only its own remaining tokens. Other rows go through plain
+        length-sorted batches. Both paths give the same scores within float rounding.
+        """
         encoded = [self.encode_pair(r.context, r.continuation) for r in requests]
         for r, e in zip(requests, encoded):
             if len(e.continuation) > self.max_length:
                 raise IclEvalError(f"a continuation of {len(e.continuation)} tokens is longer than the model's context ({self.max_length}): {r.continuation[:60]!r}")
-        lengths = [min(len(e.context) + len(e.continuation) - 1, self.max_length) for e in encoded]
+        inputs = [self._model_input(e) for e in encoded]
+        lengths = [len(x) for x in inputs]
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        for batch in plan_batches(lengths, self.max_rows, self.token_budget):
-            for done, scored in run_splitting_on_oom(batch, lambda b: self._score_batch([encoded[i] for i in b]), self._halve_budget):
-                for i, res in zip(done, scored):
-                    results[i] = LoglikelihoodResult(
-                        res[0], len(encoded[i].continuation), len(requests[i].continuation), res[1],
-                        left_truncated=len(encoded[i].context) + len(encoded[i].continuation) - 1 > self.max_length,
-                        finite=res[2],
-                    )
-                    if on_result:
-                        on_result(i, results[i])
-                if progress:
-                    progress(len(done), sum(lengths[i] for i in done))
+
+        def finish(done: list[int], scored: list[tuple[float, bool, bool]]) -> None:
+            for i, res in zip(done, scored):
+                results[i] = LoglikelihoodResult(
+                    res[0], len(encoded[i].continuation), len(requests[i].continuation), res[1],
+                    left_truncated=len(encoded[i].context) + len(encoded[i].continuation) - 1 > self.max_length,
+                    finite=res[2],
+                )
+                if on_result:
+                    on_result(i, results[i])
+            if progress:
+                progress(len(done), sum(lengths[i] for i in done))
+
+        if self.share_prefixes:
+            self._score_sharing(None, 0, [(i, inputs[i], encoded[i].continuation) for i in range(len(requests))], finish)
+        else:
+            self._score_plain(list(range(len(requests))), encoded, lengths, finish)
         return results  # type: ignore[return-value]
+
+    def _model_input(self, e: Encoded) -> list[int]:
+        """What the model reads: context + continuation without its last token, left-truncated to the window."""
+        return (e.context + e.continuation)[:-1][-self.max_length :]
 
     def _halve_budget(self) -> None:
         if self.token_budget is not None:
@@ -232,10 +256,108 @@ class HFModel:
         if self.max_rows is not None:
             self.max_rows = max(1, self.max_rows // 2)
 
+    def _score_plain(self, indices: list[int], encoded: list[Encoded], lengths: list[int], finish) -> None:
+        for batch in plan_batches([lengths[i] for i in indices], self.max_rows, self.token_budget):
+            batch = [indices[j] for j in batch]
+            for done, scored in run_splitting_on_oom(batch, lambda b: self._score_batch([encoded[i] for i in b]), self._halve_budget):
+                finish(done, scored)
+
+    def _score_sharing(self, cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]], finish) -> None:
+        """Score rows that follow a prefix already in `cache` (None: no prefix), forwarding shared tokens once.
+
+        rows: (request index, tokens after the prefix, continuation tokens). A row's shareable tokens end
+        before its first scored position: that position's token must be forwarded with the row, since its
+        output predicts the continuation's first token. Groups found here extend the cache by their common
+        tokens and recurse, so a fixed demonstration prefix and then each question's own context are both
+        forwarded once.
+        """
+        shareable = [s[: len(s) - len(c)] for _, s, c in rows]
+        groups, alone = group_shared_prefixes(shareable, self.min_shared_prefix)
+        for shared, members in groups:
+            sub = self._extend_cache(cache, n_prefix, rows[members[0]][1][:shared])
+            self._score_sharing(sub, n_prefix + shared, [(rows[m][0], rows[m][1][shared:], rows[m][2]) for m in members], finish)
+            del sub
+        if not alone:
+            return
+        if cache is None:
+            self._score_plain([rows[m][0] for m in alone], *self._plain_inputs(rows, alone), finish)
+            return
+        # Each row's copy of the cache holds prefix + suffix positions: budget the batch on both.
+        sizes = [n_prefix + len(rows[m][1]) for m in alone]
+        for batch in plan_batches(sizes, self.max_rows, self.token_budget):
+            members = [rows[alone[j]] for j in batch]
+            for done, scored in run_splitting_on_oom(members, lambda b: self._score_against_prefix(cache, n_prefix, b), self._halve_budget):
+                finish([i for i, _, _ in done], scored)
+
+    @staticmethod
+    def _plain_inputs(rows, alone: list[int]) -> tuple[dict[int, Encoded], dict[int, int]]:
+        """Rows with no shared prefix, as Encoded (the input already left-truncated) and lengths, keyed by index."""
+        encoded = {rows[m][0]: Encoded(rows[m][1][: len(rows[m][1]) - len(rows[m][2]) + 1], rows[m][2]) for m in alone}
+        return encoded, {i: len(e.context) + len(e.continuation) - 1 for i, e in encoded.items()}
+
+    @torch.no_grad()
+    def _extend_cache(self, cache, n_prefix: int, tokens: list[int]):
+        """A new cache: `cache` (or nothing) followed by `tokens`, forwarded once as a single row."""
+        self.tokens_forwarded += len(tokens)
+        ids = torch.tensor([tokens], device=self.device)
+        if cache is None:
+            return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = copy.deepcopy(cache)
+        mask = torch.ones((1, n_prefix + len(tokens)), dtype=torch.long, device=self.device)
+        positions = torch.arange(n_prefix, n_prefix + len(tokens), device=self.device)[None]
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+
+    @torch.no_grad()
+    def _score_against_prefix(self, prefix_cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]]) -> list[tuple[float, bool, bool]]:
+        width = max(len(s) for _, s, _ in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long)
+        mask[:, :n_prefix] = 1
+        for b, (_, s, _) in enumerate(rows):  # right padding after the shared prefix
+            ids[b, : len(s)] = torch.tensor(s)
+            mask[b, n_prefix : n_prefix + len(s)] = 1
+        positions = torch.arange(n_prefix, n_prefix + width)[None].expand(len(rows), -1)
+        self.tokens_forwarded += sum(len(s) for _, s, _ in rows)
+        cache = copy.deepcopy(prefix_cache)  # each batch extends its own copy; the prefix stays reusable
+        cache.batch_repeat_interleave(len(rows))
+        kwargs = dict(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+            past_key_values=cache, use_cache=True,
+        )
+        spans = [(b, len(s) - len(c), c) for b, (_, s, c) in enumerate(rows)]
+        return self._score_positions(kwargs, spans)
+
+    def _score_positions(self, forward_kwargs: dict, spans: list[tuple[int, int, list[int]]]) -> list[tuple[float, bool, bool]]:
+        """Run the model and score, per (row, first scored position, targets), only the positions needed."""
+        row_idx, pos_idx, targets = [], [], []
+        for b, start, target in spans:
+            row_idx += [b] * len(target)
+            pos_idx += range(start, start + len(target))
+            targets += target
+        row_t = torch.tensor(row_idx, device=self.device)
+        pos_t = torch.tensor(pos_idx, device=self.device)
+        if self._split_head:
+            hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state
+            logits = self.model.get_output_embeddings()(hidden[row_t, pos_t])
+        else:
+            logits = self.model(**forward_kwargs).logits[row_t, pos_t]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        target_t = torch.tensor(targets, device=self.device)
+        token_lp = logprobs.gather(1, target_t[:, None])[:, 0]
+        greedy = logprobs.argmax(-1) == target_t
+        finite = torch.isfinite(logprobs).all(-1)
+        out, start = [], 0
+        for _, _, target in spans:
+            end = start + len(target)
+            out.append((token_lp[start:end].sum().item(), bool(greedy[start:end].all()), bool(finite[start:end].all())))
+            start = end
+        return out
+
     @torch.no_grad()
     def _score_batch(self, rows: list[Encoded]) -> list[tuple[float, bool, bool]]:
         """(sum log-prob, is_greedy, finite) per row; log-softmax only at continuation positions."""
-        inputs = [(r.context + r.continuation)[:-1][-self.max_length :] for r in rows]
+        inputs = [self._model_input(r) for r in rows]
         width = max(len(x) for x in inputs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -243,32 +365,9 @@ class HFModel:
         for b, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
             ids[b, : len(x)] = torch.tensor(x)
             mask[b, : len(x)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        # The positions whose next-token distribution scores a continuation token.
-        row_idx, pos_idx, targets = [], [], []
-        for b, (x, r) in enumerate(zip(inputs, rows)):
-            n = len(r.continuation)
-            row_idx += [b] * n
-            pos_idx += range(len(x) - n, len(x))
-            targets += r.continuation
-        row_t = torch.tensor(row_idx, device=self.device)
-        pos_t = torch.tensor(pos_idx, device=self.device)
-        if self._split_head:
-            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-            logits = self.model.get_output_embeddings()(hidden[row_t, pos_t])
-        else:
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[row_t, pos_t]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        target_t = torch.tensor(targets, device=self.device)
-        token_lp = logprobs.gather(1, target_t[:, None])[:, 0]
-        greedy = logprobs.argmax(-1) == target_t
-        finite = torch.isfinite(logprobs).all(-1)
-        out, start = [], 0
-        for r in rows:
-            end = start + len(r.continuation)
-            out.append((token_lp[start:end].sum().item(), bool(greedy[start:end].all()), bool(finite[start:end].all())))
-            start = end
-        return out
+        self.tokens_forwarded += sum(len(x) for x in inputs)
+        spans = [(b, len(x) - len(r.continuation), r.continuation) for b, (x, r) in enumerate(zip(inputs, rows))]
+        return self._score_positions(dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)), spans)
 
     # --- greedy generation ---------------------------------------------------------------
     def generate(
@@ -309,6 +408,7 @@ class HFModel:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         decoders = [_StopDecoder(self.tokenizer, r.until, r.max_new_tokens) for _, r in rows]
         active = list(range(len(rows)))
+        self.tokens_forwarded += sum(len(x) for x, _ in rows)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         last_pos = positions[:, -1:]
@@ -329,6 +429,7 @@ class HFModel:
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             last_pos = last_pos + 1
+            self.tokens_forwarded += len(active)
             step = torch.tensor(next_tokens, device=self.device)[:, None]
             out = self.model(input_ids=step, attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
         return [d.result() for d in decoders]
