@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
     run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
+    run.add_argument(
+        "--fewshot-mode", default="per_example", choices=["per_example", "fixed"],
+        help="per_example: the paper's fresh draw for every example (default); fixed: one seeded set per task and K, its prefix encoded once",
+    )
     run.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N examples per task")
     run.add_argument("--batch-size", default="auto", help="rows per batch, or 'auto' for a token budget from free memory")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -114,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
     run_id = new_run_id()
     writer = RunWriter(args.output, run_id)
-    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples)
+    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
     result = RunResult(
         run_id=run_id,
         started_at=now(),
@@ -124,7 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         settings={
             "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
-            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": "per_example", "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
+            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
     )
     print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
