@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from icl_eval.batching import group_shared_prefixes, plan_batches, run_splitting_on_oom
+from icl_eval.batching import group_shared_prefixes, is_out_of_memory, plan_batches, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
 
@@ -373,6 +374,8 @@ class HFModel:
     def generate(
         self, requests: Sequence[GenerationRequest], progress: Progress | None = None, on_result: OnResult | None = None
     ) -> list[GenerationResult]:
+        """Greedy decoding, continuously batched: a row leaves the batch the step it stops, and a waiting row
+        takes its place, so the batch stays full and finished rows cost nothing further."""
         encoded = []
         for r in requests:
             room = self.max_length - r.max_new_tokens
@@ -382,57 +385,130 @@ class HFModel:
             encoded.append((ids[-room:], len(ids) > room))
         lengths = [len(ids) + r.max_new_tokens for (ids, _), r in zip(encoded, requests)]
         results: list[GenerationResult | None] = [None] * len(requests)
-        for batch in plan_batches(lengths, self.max_rows, self.token_budget):
-            rows = [(encoded[i][0], requests[i]) for i in batch]
-            for done, outs in run_splitting_on_oom(list(range(len(rows))), lambda b: self._generate_batch([rows[j] for j in b]), self._halve_budget):
-                for j, (raw, text, n) in zip(done, outs):
-                    i = batch[j]
-                    results[i] = GenerationResult(raw, text, n, left_truncated=encoded[i][1])
-                    if on_result:
-                        on_result(i, results[i])
-                if progress:
-                    progress(len(done), sum(lengths[batch[j]] for j in done))
+
+        def finish(i: int, out: tuple[str, str, int]) -> None:
+            results[i] = GenerationResult(*out, left_truncated=encoded[i][1])
+            if on_result:
+                on_result(i, results[i])
+            if progress:
+                progress(1, len(encoded[i][0]) + out[2])
+
+        pending = deque(sorted(range(len(requests)), key=lambda i: -lengths[i]))  # longest first: OOM shows early
+        while pending:
+            capacity = self._generation_rows(lengths[pending[0]])
+            try:
+                self._generate_stream(pending, capacity, [(ids, r) for (ids, _), r in zip(encoded, requests)], finish)
+            except Exception as e:  # rows in flight went back to `pending`; finished rows are kept
+                if not is_out_of_memory(e) or capacity == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._halve_budget()
+                if self.max_rows is None and self.token_budget is not None and self.token_budget <= self.max_length:
+                    self.max_rows = max(1, capacity // 2)  # the budget cannot shrink further: cap the rows instead
         return results  # type: ignore[return-value]
 
+    def _generation_rows(self, longest: int) -> int:
+        rows = self.max_rows or 1 << 30
+        if self.token_budget is not None:
+            rows = min(rows, max(1, self.token_budget // longest))
+        return rows
+
     @torch.no_grad()
-    def _generate_batch(self, rows: list[tuple[list[int], GenerationRequest]]) -> list[tuple[str, str, int]]:
-        """Greedy decoding with a KV cache; a row that hits any of its stops leaves the batch at once."""
-        width = max(len(ids) for ids, _ in rows)
+    def _generate_stream(self, pending: deque, capacity: int, rows: list[tuple[list[int], GenerationRequest]], finish) -> None:
+        """Decode until `pending` is empty, at most `capacity` rows at a time; waiting rows join as others stop.
+
+        Rows are left-padded, so every row's next token sits in the last column; a joining group is prefilled
+        on its own and its KV cache is padded on the left to the running batch's width (or the batch's to its).
+        """
+        active: list[int] = []  # request indices, one per batch row
+        decoders: dict[int, _StopDecoder] = {}
+        cache = mask = last_pos = next_tokens = None
+        eos = self.tokenizer.eos_token_id
+        try:
+            while pending or active:
+                free = capacity - len(active)
+                if pending and (not active or (free >= max(1, capacity // 4) and self._can_merge(cache))):
+                    joining = [pending.popleft() for _ in range(min(free, len(pending)))]
+                    for i in joining:
+                        decoders[i] = _StopDecoder(self.tokenizer, rows[i][1].until, rows[i][1].max_new_tokens)
+                    c2, m2, p2, t2 = self._prefill([rows[i][0] for i in joining])
+                    if active:
+                        cache, mask = _merge_left_padded(cache, mask, c2, m2)
+                        last_pos, next_tokens = torch.cat([last_pos, p2]), torch.cat([next_tokens, t2])
+                    else:
+                        cache, mask, last_pos, next_tokens = c2, m2, p2, t2
+                    active += joining
+                keep = [k for k, (i, tok) in enumerate(zip(active, next_tokens.tolist())) if not decoders[i].push(tok, eos)]
+                for k, i in enumerate(active):
+                    if decoders[i].done:
+                        finish(i, decoders.pop(i).result())
+                if len(keep) < len(active):
+                    active = [active[k] for k in keep]
+                    if not active:
+                        cache = mask = last_pos = next_tokens = None
+                        continue
+                    keep_t = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(keep_t)
+                    mask, last_pos, next_tokens = mask[keep_t], last_pos[keep_t], next_tokens[keep_t]
+                    cache, mask = _trim_left_padding(cache, mask)
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                last_pos = last_pos + 1
+                self.tokens_forwarded += len(active)
+                out = self.model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
+                next_tokens = out.logits[:, -1].argmax(-1)
+        except BaseException:
+            pending.extendleft(reversed(active))  # unfinished rows start again; finished ones were reported
+            raise
+
+    def _prefill(self, prompts: list[list[int]]):
+        """(cache, mask, last position, first generated token) for left-padded prompts."""
+        width = max(len(x) for x in prompts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, (x, _) in enumerate(rows):  # left padding: every row's next token is at the last column
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, x in enumerate(prompts):
             ids[b, width - len(x) :] = torch.tensor(x)
             mask[b, width - len(x) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoders = [_StopDecoder(self.tokenizer, r.until, r.max_new_tokens) for _, r in rows]
-        active = list(range(len(rows)))
-        self.tokens_forwarded += sum(len(x) for x, _ in rows)
+        self.tokens_forwarded += sum(len(x) for x in prompts)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        last_pos = positions[:, -1:]
-        eos = self.tokenizer.eos_token_id
-        while True:
-            next_tokens = out.logits[:, -1].argmax(-1).tolist()
-            keep = []
-            for k, (row, tok) in enumerate(zip(active, next_tokens)):
-                if not decoders[row].push(tok, eos):
-                    keep.append(k)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                keep_t = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(keep_t)
-                mask, last_pos = mask[keep_t], last_pos[keep_t]
-                next_tokens = [next_tokens[k] for k in keep]
-                active = [active[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            last_pos = last_pos + 1
-            self.tokens_forwarded += len(active)
-            step = torch.tensor(next_tokens, device=self.device)[:, None]
-            out = self.model(input_ids=step, attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
-        return [d.result() for d in decoders]
+        return out.past_key_values, mask, positions[:, -1:], out.logits[:, -1].argmax(-1)
+
+    @staticmethod
+    def _can_merge(cache) -> bool:
+        """Joining a running batch needs plain per-layer key/value tensors (no sliding windows or quantized caches)."""
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+
+
+def _merge_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor):
+    """Stack two left-padded batches (KV cache and attention mask): the narrower one gets more padding on the left."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if not missing:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for layer, new in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([widen(layer.keys, 2), widen(new.keys, 2)])
+        layer.values = torch.cat([widen(layer.values, 2), widen(new.values, 2)])
+    return cache, torch.cat([widen(mask, 1), widen(other_mask, 1)])
+
+
+def _trim_left_padding(cache, mask: torch.Tensor):
+    """Drop leading columns that no remaining row attends to, so a long-running batch does not keep growing."""
+    first = int(mask.any(0).nonzero()[0]) if mask.any() else 0
+    if first == 0 or not HFModel._can_merge(cache):
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return cache, mask[:, first:]
 
 
 class _StopDecoder:
