@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workloads", default="1,2,3,4")
     ap.add_argument("--batch-size", default="8", help="rows per batch for lm-eval; icl-eval uses its token budget (auto)")
-    ap.add_argument("--icl-batch-size", default="auto")
+    ap.add_argument("--icl-batch-size", default=None, help="icl-eval rows per batch (default: the same as --batch-size), or auto")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--max-new-tokens", type=int, default=64)
@@ -161,6 +161,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     model, tok, described = load_model(args.model, args.dtype, args.device)
+    args.icl_batch_size = args.icl_batch_size or args.batch_size
     icl_bs = args.icl_batch_size if args.icl_batch_size == "auto" else int(args.icl_batch_size)
     hf = HFModel(model, tok, batch_size=icl_bs)
     wanted = {int(x) for x in args.workloads.split(",")}

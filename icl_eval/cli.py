@@ -9,6 +9,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from icl_eval import distributed
 from icl_eval.errors import IclEvalError
 
 # Subcommands that live in their own packages; each module exposes register(subparsers) and run_command(args).
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", default="auto", help="rows per batch, or 'auto' for a token budget from free memory")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    run.add_argument("--device-map", default=None, choices=["auto"], help="auto: spread a model too large for one GPU over all visible devices (accelerate big-model loading)")
     run.add_argument("--bos", default="tokenizer", choices=["tokenizer", "always", "never"], help="BOS policy (default: as the tokenizer does)")
     run.add_argument("--output", default="results", help="output folder (default results/)")
     run.add_argument("--no-log-samples", action="store_true", help="do not write per-example logs")
@@ -115,9 +117,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
     tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
-    model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
-    run_id = new_run_id()
-    writer = RunWriter(args.output, run_id)
+    rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
+    if processes > 1 and args.device_map:
+        raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
+    device = rank_device if processes > 1 and args.device == "auto" else args.device
+    model = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+    if processes > 1:
+        model = distributed.DataParallel(model, rank, processes)
+    run_id = distributed.broadcast(new_run_id())
+    # Every process computes the same results; only the first writes them and prints.
+    writer = RunWriter(args.output if rank == 0 else tempfile.mkdtemp(prefix="icl-eval-rank"), run_id)
     settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
     result = RunResult(
         run_id=run_id,
@@ -128,11 +137,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         settings={
             "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
-            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
+            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "processes": processes, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
     )
-    print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
-    evaluate(model, tasks, settings, writer, result)
+    echo = print if rank == 0 else (lambda _: None)
+    echo(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
+    evaluate(model, tasks, settings, writer, result, echo=echo)
+    if rank != 0:
+        return 0
     _print_table(result.records)
     for name, info in result.tasks.items():
         for k, counts in info["truncation"].items():

@@ -86,6 +86,7 @@ class HFModel:
         batch_size: int | str = "auto",
         bos_policy: str = "tokenizer",
         trust_remote_code: bool = False,
+        device_map: str | None = None,
     ) -> HFModel:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -109,12 +110,15 @@ class HFModel:
         except Exception as e:
             raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
+            # device_map="auto": accelerate places layers over every visible GPU (then CPU), for models too big for one.
+            extra = {"device_map": device_map} if device_map else {}
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None, **extra)
         except ValueError as e:
             raise IclEvalError(f"--model {path}: not a causal language model ({str(e).splitlines()[0][:200]})") from None
         except OSError as e:
             raise IclEvalError(f"--model {path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
-        model.to(dev)
+        if not device_map:
+            model.to(dev)
         name = local.name if local.is_dir() else path
         return cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
 
