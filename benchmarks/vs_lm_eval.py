@@ -142,6 +142,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint folder (default: GPT-2 124M architecture, random weights)")
     ap.add_argument("--limit", type=int, default=16, help="examples per workload (default 16)")
+    ap.add_argument("--fixed-limit", type=int, default=None, help="examples for workload 3 (default: --limit); the shared prefix pays off with more")
     ap.add_argument("--gen-limit", type=int, default=32, help="examples for the generation workload (default 32)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workloads", default="1,2,3,4")
@@ -172,7 +173,7 @@ def main() -> None:
         reqs, gold = hellaswag(args.limit, 5, args.seed)
         workloads.append(Workload("2 hellaswag 5-shot 4-way MC", "loglikelihood", reqs, model, gold))
     if 3 in wanted:
-        workloads.append(Workload("3 arithmetic_2da 32-shot fixed", "loglikelihood", arithmetic(hf, args.limit, 32, "fixed", args.seed), model))
+        workloads.append(Workload("3 arithmetic_2da 32-shot fixed", "loglikelihood", arithmetic(hf, args.fixed_limit or args.limit, 32, "fixed", args.seed), model))
     if 4 in wanted:
         contexts = [c for c, _ in arithmetic(hf, args.gen_limit, 4, "per_example", args.seed)]
         biased = newline_biased(model, tok, contexts, args.max_new_tokens)
