@@ -196,20 +196,30 @@ class HFModel:
         " 143" is one token rather than " " closing the context. A token that straddles the boundary
         belongs to the continuation: it holds continuation characters.
         """
-        n_space = len(context) - len(context.rstrip())
-        if n_space:
-            context, continuation = context[:-n_space], context[-n_space:] + continuation
-        if not continuation:
-            raise IclEvalError("empty continuation: a log-likelihood request needs text to score")
-        if not context:
-            return Encoded([self.prefix_id], self.tokenizer(continuation, add_special_tokens=False).input_ids)
-        enc = self.tokenizer(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
-        boundary = len(context)
-        split = next(
-            (i for i, (start, end) in enumerate(enc["offset_mapping"]) if end > boundary or start >= boundary),
-            len(enc["input_ids"]),
-        )
-        return Encoded(self._with_bos(enc["input_ids"][:split]), enc["input_ids"][split:])
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+        """encode_pair for many pairs, tokenized in one batched call (the fast tokenizer works in parallel)."""
+        moved = []
+        for context, continuation in pairs:
+            n_space = len(context) - len(context.rstrip())
+            if n_space:
+                context, continuation = context[:-n_space], context[-n_space:] + continuation
+            if not continuation:
+                raise IclEvalError("empty continuation: a log-likelihood request needs text to score")
+            moved.append((context, continuation))
+        # An empty context gets the prefix token and the continuation is tokenized alone.
+        texts = [c + t if c else t for c, t in moved]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": [], "offset_mapping": []}
+        out = []
+        for (context, _), ids, offsets in zip(moved, enc["input_ids"], enc["offset_mapping"]):
+            if not context:
+                out.append(Encoded([self.prefix_id], ids))
+                continue
+            boundary = len(context)
+            split = next((i for i, (start, end) in enumerate(offsets) if end > boundary or start >= boundary), len(ids))
+            out.append(Encoded(self._with_bos(ids[:split]), ids[split:]))
+        return out
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
@@ -225,7 +235,7 @@ class HFModel:
         once per group and each row forwards only its own remaining tokens. Other rows go through plain
         length-sorted batches. Both paths give the same scores within float rounding.
         """
-        encoded = [self.encode_pair(r.context, r.continuation) for r in requests]
+        encoded = self.encode_pairs([(r.context, r.continuation) for r in requests])
         for r, e in zip(requests, encoded):
             if len(e.continuation) > self.max_length:
                 raise IclEvalError(f"a continuation of {len(e.continuation)} tokens is longer than the model's context ({self.max_length}): {r.continuation[:60]!r}")
