@@ -318,27 +318,22 @@ class HFModel:
         if cache is None:
             return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
         cache = copy.deepcopy(cache)
-        mask = torch.ones((1, n_prefix + len(tokens)), dtype=torch.long, device=self.device)
         positions = torch.arange(n_prefix, n_prefix + len(tokens), device=self.device)[None]
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        return self.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
 
     @torch.no_grad()
     def _score_against_prefix(self, prefix_cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]]) -> list[tuple[float, bool, bool]]:
         width = max(len(s) for _, s, _ in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long)
-        mask[:, :n_prefix] = 1
-        for b, (_, s, _) in enumerate(rows):  # right padding after the shared prefix
+        for b, (_, s, _) in enumerate(rows):  # right padding after the shared prefix: no mask needed (see _score_batch)
             ids[b, : len(s)] = torch.tensor(s)
-            mask[b, n_prefix : n_prefix + len(s)] = 1
         positions = torch.arange(n_prefix, n_prefix + width)[None].expand(len(rows), -1)
         self.tokens_forwarded += sum(len(s) for _, s, _ in rows)
         cache = copy.deepcopy(prefix_cache)  # each batch extends its own copy; the prefix stays reusable
         cache.batch_repeat_interleave(len(rows))
         kwargs = dict(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-            past_key_values=cache, use_cache=True,
+            input_ids=ids.to(self.device), position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
         )
         spans = [(b, len(s) - len(c), c) for b, (_, s, c) in enumerate(rows)]
         return self._score_positions(kwargs, spans)
@@ -376,13 +371,13 @@ class HFModel:
         width = max(len(x) for x in inputs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
         for b, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
             ids[b, : len(x)] = torch.tensor(x)
-            mask[b, : len(x)] = 1
         self.tokens_forwarded += sum(len(x) for x in inputs)
         spans = [(b, len(x) - len(r.continuation), r.continuation) for b, (x, r) in enumerate(zip(inputs, rows))]
-        return self._score_positions(dict(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)), spans)
+        # No attention mask: with right padding the causal mask alone keeps every real token from seeing a
+        # pad, and the pads' outputs are never read. Without a mask, attention takes its fused causal path.
+        return self._score_positions(dict(input_ids=ids.to(self.device)), spans)
 
     # --- greedy generation ---------------------------------------------------------------
     def generate(
