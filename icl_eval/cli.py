@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("task")
     prompt.add_argument("--shots", type=int, default=0)
     prompt.add_argument("--index", type=int, default=0, help="doc id of the example")
+    prompt.add_argument("--fewshot-mode", default="per_example", choices=["per_example", "fixed"])
     _add_task_options(prompt)
 
     validate = sub.add_parser("validate", help="check a task YAML file and render one prompt")
@@ -187,7 +188,7 @@ def _show_prompt(task, args: argparse.Namespace) -> None:
     prep = prepare(task, Settings(shots=(args.shots,), seed=args.seed, data_dir=args.data_dir))
     if not 0 <= args.index < len(prep.docs):
         raise IclEvalError(f"--index {args.index}: task '{task.name}' has doc ids 0..{len(prep.docs) - 1}")
-    p = build_prompt(prep, args.index, args.shots, args.seed, _Unbounded())
+    p = build_prompt(prep, args.index, args.shots, args.seed, _Unbounded(), fewshot_mode=getattr(args, "fewshot_mode", "per_example"))
     print(f"=== {task.name}, {args.shots}-shot, doc {args.index}, demonstrations {list(p.fewshot_ids)}, data {prep.source} ===", file=sys.stderr)
     print("--- prompt (verbatim, between the markers) ---")
     sys.stdout.write(p.context)
