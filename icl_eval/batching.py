@@ -53,3 +53,42 @@ def run_splitting_on_oom(
         mid = len(batch) // 2
         yield from run_splitting_on_oom(batch[:mid], run, on_split)
         yield from run_splitting_on_oom(batch[mid:], run, on_split)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def group_shared_prefixes(rows: Sequence[Sequence[int]], min_shared: int) -> tuple[list[tuple[int, list[int]]], list[int]]:
+    """Groups of rows that start with the same tokens, as (shared length, indices), and the rows left alone.
+
+    `rows` holds each row's shareable tokens (those before its first scored position). Rows are sorted so
+    that equal prefixes sit together, and a group is a run of neighbours whose common prefix stays at least
+    `min_shared` tokens long, or whose shareable tokens are all identical (the candidates of one question,
+    however short their context). A chance match of a few tokens is not worth a separate forward pass.
+    Callers group again inside each group, so fixed demonstrations are shared across questions and each
+    question's own context across its candidates.
+    """
+    order = sorted(range(len(rows)), key=lambda i: tuple(rows[i]))
+    groups: list[tuple[int, list[int]]] = []
+    alone: list[int] = []
+    shared, members = 0, []
+    for i in order + [None]:
+        if i is not None and members:
+            joined = min(shared, common_prefix_length(rows[members[-1]], rows[i]))
+            identical = joined == shared == len(rows[i]) == len(rows[members[-1]])
+            if joined >= min_shared or (identical and joined > 0):
+                shared = joined
+                members.append(i)
+                continue
+        if len(members) > 1:
+            groups.append((shared, members))
+        else:
+            alone.extend(members)
+        if i is not None:
+            shared, members = len(rows[i]), [i]
+    return groups, alone

@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
+from icl_eval import distributed
 from icl_eval.errors import IclEvalError
 
 # Subcommands that live in their own packages; each module exposes register(subparsers) and run_command(args).
@@ -55,10 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
     run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
+    run.add_argument(
+        "--fewshot-mode", default="per_example", choices=["per_example", "fixed"],
+        help="per_example: the paper's fresh draw for every example (default); fixed: one seeded set per task and K, its prefix encoded once",
+    )
     run.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N examples per task")
     run.add_argument("--batch-size", default="auto", help="rows per batch, or 'auto' for a token budget from free memory")
     run.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     run.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    run.add_argument("--device-map", default=None, choices=["auto"], help="auto: spread a model too large for one GPU over all visible devices (accelerate big-model loading)")
     run.add_argument("--bos", default="tokenizer", choices=["tokenizer", "always", "never"], help="BOS policy (default: as the tokenizer does)")
     run.add_argument("--output", default="results", help="output folder (default results/)")
     run.add_argument("--no-log-samples", action="store_true", help="do not write per-example logs")
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("task")
     prompt.add_argument("--shots", type=int, default=0)
     prompt.add_argument("--index", type=int, default=0, help="doc id of the example")
+    prompt.add_argument("--fewshot-mode", default="per_example", choices=["per_example", "fixed"])
     _add_task_options(prompt)
 
     validate = sub.add_parser("validate", help="check a task YAML file and render one prompt")
@@ -137,15 +144,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     for task in tasks:
         load_template(task)  # a template that does not compile should cost no load time either
     contamination = _load_contamination(args.contamination)  # a bad report path, too
-    run_id = new_run_id()
-    writer = RunWriter(args.output, run_id)  # an unwritable --output fails before the model loads, too
+    rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
+    if processes > 1 and args.device_map:
+        raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
+    device = rank_device if processes > 1 and args.device == "auto" else args.device
+    run_id = distributed.broadcast(new_run_id())
+    # Every process computes the same results; only the first writes them and prints.
+    # An unwritable --output fails before the model loads.
+    writer = RunWriter(args.output if rank == 0 else tempfile.mkdtemp(prefix="icl-eval-rank"), run_id)
     try:
-        model = HFModel.load(args.model, device=args.device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code)
+        model = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
         cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))  # after the model: a bad --model leaves no file
     except IclEvalError:
         _remove_if_empty(writer.dir)
         raise
-    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples)
+    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
     result = RunResult(
         run_id=run_id,
         started_at=now(),
@@ -155,25 +168,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         settings={
             "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
-            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": "per_example", "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
+            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "processes": processes, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
     )
     result.settings["cache"] = str(cache.path) if cache is not None else None
-    print(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}")
+    echo = print if rank == 0 else (lambda _: None)
+    echo(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
     if cache is not None:
-        print(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
+        echo(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
         model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, code_version(model))
+    if processes > 1:
+        # Outside the cache: each process looks up and stores only its own shard, so no collective waits on cache state.
+        model = distributed.DataParallel(model, rank, processes)
     try:
-        evaluate(model, tasks, settings, writer, result)
+        evaluate(model, tasks, settings, writer, result, echo=echo)
     except BaseException:
         _remove_if_empty(writer.dir)  # a run that wrote nothing leaves no folder; finished samples always stay
         raise
     finally:
         if cache is not None:
             cache.close()
+    if rank != 0:
+        return 0
     if cache is not None:
         counts = [c for info in result.tasks.values() for c in info.get("cache", {}).values()]
-        print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed")
+        share = " (this process's share)" if processes > 1 else ""
+        print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed{share}")
     _print_table(result.records)
     for name, info in result.tasks.items():
         for k, counts in info["truncation"].items():
@@ -230,7 +250,7 @@ def _show_prompt(task, args: argparse.Namespace) -> None:
     prep = prepare(task, Settings(shots=(args.shots,), seed=args.seed, data_dir=args.data_dir))
     if not 0 <= args.index < len(prep.docs):
         raise IclEvalError(f"--index {args.index}: task '{task.name}' has doc ids 0..{len(prep.docs) - 1}")
-    p = build_prompt(prep, args.index, args.shots, args.seed, _Unbounded())
+    p = build_prompt(prep, args.index, args.shots, args.seed, _Unbounded(), fewshot_mode=getattr(args, "fewshot_mode", "per_example"))
     print(f"=== {task.name}, {args.shots}-shot, doc {args.index}, demonstrations {list(p.fewshot_ids)}, data {prep.source} ===", file=sys.stderr)
     print("--- prompt (verbatim, between the markers) ---")
     sys.stdout.write(p.context)

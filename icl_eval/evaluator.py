@@ -33,6 +33,7 @@ class Settings:
     limit: int | None = None
     data_dir: str | None = None
     log_samples: bool = True
+    fewshot_mode: str = "per_example"  # or "fixed": one seeded demonstration set per task and K for every example
 
 
 @dataclass
@@ -100,10 +101,11 @@ def request_pairs(task: TaskConfig, prefix: str, query: Example, k: int) -> list
     return [(prefix + query_input(query, k), delim + query.target)]
 
 
-def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0) -> Prompt:
+def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0, fewshot_mode: str = "per_example") -> Prompt:
     """The prompt for one example at K shots; whole demonstrations drop from the front until it fits."""
     task = prep.task
-    ids = fewshot.draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split)
+    draw = fewshot.draw_fixed if fewshot_mode == "fixed" else fewshot.draw
+    ids = draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split)
     query = prep.example(doc_id)
     demos = [prep.example(i, from_pool=True) for i in ids]
     description = description_for(task, k)
@@ -171,7 +173,7 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
     """Records, per-example sample logs and truncation counts for one task at K shots."""
     task = prep.task
     extra = task.max_new_tokens if task.output_type == "generate" else 0
-    prompts = [build_prompt(prep, d, k, settings.seed, model, extra) for d in prep.doc_ids]
+    prompts = [build_prompt(prep, d, k, settings.seed, model, extra, settings.fewshot_mode) for d in prep.doc_ids]
     n_requests = sum(len(p.requests) for p in prompts)
     if "acc_uncond" in task.metrics:  # plus one unconditional request per distinct continuation
         n_requests += len({cont for p in prompts for _, cont in p.requests})
@@ -248,6 +250,8 @@ def _candidates(out) -> list:
 
 def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: RunWriter, result: RunResult, echo: Callable[[str], None] = print) -> RunResult:
     """Every task at every shot count with one loaded model; data loaded once per task."""
+    if settings.fewshot_mode not in fewshot.FEWSHOT_MODES:
+        raise IclEvalError(f"--fewshot-mode {settings.fewshot_mode}: choose one of {', '.join(fewshot.FEWSHOT_MODES)}")
     prepared = []
     for task in tasks:
         prep = prepare(task, settings)

@@ -29,6 +29,27 @@ def draw(task: str, seed: int, doc_id: int, k: int, pool_size: int, same_split: 
     return picked
 
 
+FEWSHOT_MODES = ("per_example", "fixed")
+
+
+def draw_fixed(task: str, seed: int, doc_id: int, k: int, pool_size: int, same_split: bool) -> list[int]:
+    """One demonstration set per (task, seed, K), the same for every example: its prompts share a token prefix.
+
+    With same_split, an example that is itself in the set must not see its own answer: its slot is taken by
+    a seeded spare (the set's K+1-th draw), the other demonstrations keep their order, so only the
+    demonstrations from that slot onwards differ for that one example.
+    """
+    available = pool_size - (1 if same_split else 0)
+    if k > available:
+        raise IclEvalError(f"task '{task}': --shots {k} is larger than the few-shot pool ({available} examples); use at most {available} shots")
+    if k == 0:
+        return []
+    picked = stable_rng(task, seed, "fixed", k).sample(range(pool_size), min(k + 1, pool_size) if same_split else k)
+    if same_split:
+        picked = [i for i in picked if i != doc_id][:k]
+    return picked
+
+
 def subset(task: str, seed: int, n_docs: int, limit: int | None) -> list[int]:
     """The documents evaluated: all, or a seeded random subset of `limit` (sorted, so logs read in order)."""
     if limit is None or limit >= n_docs:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from icl_eval.batching import plan_batches, run_splitting_on_oom
+from icl_eval.batching import group_shared_prefixes, is_out_of_memory, plan_batches, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
 
@@ -46,6 +48,8 @@ class HFModel:
         batch_size: int | str = "auto",
         bos_policy: str = "tokenizer",
         max_length: int | None = None,
+        share_prefixes: bool = True,
+        min_shared_prefix: int = 16,
     ) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise IclEvalError(f"{path or name}: icl-eval needs a fast (Rust) tokenizer for character offsets; provide tokenizer.json")
@@ -58,6 +62,10 @@ class HFModel:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.bos_policy = bos_policy
+        # Rows sharing at least this many leading tokens forward them once; off, every row is forwarded whole.
+        self.share_prefixes = share_prefixes
+        self.min_shared_prefix = min_shared_prefix
+        self.tokens_forwarded = 0  # real (unpadded) tokens run through the model: benchmarks derive FLOPs from it
         self.max_length = max_length or self._context_window()
         self.max_rows = None if batch_size == "auto" else int(batch_size)
         self.token_budget = self._auto_token_budget() if batch_size == "auto" else None
@@ -76,6 +84,7 @@ class HFModel:
         batch_size: int | str = "auto",
         bos_policy: str = "tokenizer",
         trust_remote_code: bool = False,
+        device_map: str | None = None,
     ) -> HFModel:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -101,7 +110,9 @@ class HFModel:
         if len(tokenizer) <= 1 or not tokenizer("a", add_special_tokens=False).input_ids:  # transformers builds an empty one when files are missing
             raise IclEvalError(f"--model {path}: cannot load its tokenizer (no tokenizer files found, it would be empty); the folder needs tokenizer.json or vocab files")
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None)
+            # device_map="auto": accelerate places layers over every visible GPU (then CPU), for models too big for one.
+            extra = {"device_map": device_map} if device_map else {}
+            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None, **extra)
         except ValueError as e:
             raise IclEvalError(f"--model {path}: not a causal language model ({str(e).splitlines()[0][:200]})") from None
         except OSError as e:
@@ -109,7 +120,8 @@ class HFModel:
         except Exception as e:  # e.g. a pickled .bin that torch's weights-only loader refuses: it would run code
             why = "a pickled weights file holds objects other than tensors; loading it could run code" if "Unpickl" in type(e).__name__ else f"{type(e).__name__}: {str(e).strip()[:200]}".splitlines()[0]
             raise IclEvalError(f"--model {path}: cannot load weights ({why}); use a checkpoint saved as safetensors") from None
-        model.to(dev)
+        if not device_map:
+            model.to(dev)
         name = local.name if local.is_dir() else path
         return cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
 
@@ -181,20 +193,30 @@ class HFModel:
         " 143" is one token rather than " " closing the context. A token that straddles the boundary
         belongs to the continuation: it holds continuation characters.
         """
-        n_space = len(context) - len(context.rstrip())
-        if n_space:
-            context, continuation = context[:-n_space], context[-n_space:] + continuation
-        if not continuation:
-            raise IclEvalError("empty continuation: a log-likelihood request needs text to score")
-        if not context:
-            return Encoded([self.prefix_id], self.tokenizer(continuation, add_special_tokens=False).input_ids)
-        enc = self.tokenizer(context + continuation, add_special_tokens=False, return_offsets_mapping=True)
-        boundary = len(context)
-        split = next(
-            (i for i, (start, end) in enumerate(enc["offset_mapping"]) if end > boundary or start >= boundary),
-            len(enc["input_ids"]),
-        )
-        return Encoded(self._with_bos(enc["input_ids"][:split]), enc["input_ids"][split:])
+        return self.encode_pairs([(context, continuation)])[0]
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
+        """encode_pair for many pairs, tokenized in one batched call (the fast tokenizer works in parallel)."""
+        moved = []
+        for context, continuation in pairs:
+            n_space = len(context) - len(context.rstrip())
+            if n_space:
+                context, continuation = context[:-n_space], context[-n_space:] + continuation
+            if not continuation:
+                raise IclEvalError("empty continuation: a log-likelihood request needs text to score")
+            moved.append((context, continuation))
+        # An empty context gets the prefix token and the continuation is tokenized alone.
+        texts = [c + t if c else t for c, t in moved]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": [], "offset_mapping": []}
+        out = []
+        for (context, _), ids, offsets in zip(moved, enc["input_ids"], enc["offset_mapping"]):
+            if not context:
+                out.append(Encoded([self.prefix_id], ids))
+                continue
+            boundary = len(context)
+            split = next((i for i, (start, end) in enumerate(offsets) if end > boundary or start >= boundary), len(ids))
+            out.append(Encoded(self._with_bos(ids[:split]), ids[split:]))
+        return out
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
@@ -203,25 +225,42 @@ class HFModel:
     def loglikelihood(
         self, requests: Sequence[LoglikelihoodRequest], progress: Progress | None = None, on_result: OnResult | None = None
     ) -> list[LoglikelihoodResult]:
-        encoded = [self.encode_pair(r.context, r.continuation) for r in requests]
+        """Scores every request; rows that start with the same tokens have that prefix forwarded only once.
+
+        Candidates of one multiple-choice question (identical contexts) and prompts that open with the same
+        fixed demonstrations are grouped by their common token prefix; the prefix's KV cache is computed
+        once per group and each row forwards only its own remaining tokens. Other rows go through plain
+        length-sorted batches. Both paths give the same scores within float rounding.
+        """
+        encoded = self.encode_pairs([(r.context, r.continuation) for r in requests])
         for r, e in zip(requests, encoded):
             if len(e.continuation) > self.max_length:
                 raise IclEvalError(f"a continuation of {len(e.continuation)} tokens is longer than the model's context ({self.max_length}): {r.continuation[:60]!r}")
-        lengths = [min(len(e.context) + len(e.continuation) - 1, self.max_length) for e in encoded]
+        inputs = [self._model_input(e) for e in encoded]
+        lengths = [len(x) for x in inputs]
         results: list[LoglikelihoodResult | None] = [None] * len(requests)
-        for batch in plan_batches(lengths, self.max_rows, self.token_budget):
-            for done, scored in run_splitting_on_oom(batch, lambda b: self._score_batch([encoded[i] for i in b]), self._halve_budget):
-                for i, res in zip(done, scored):
-                    results[i] = LoglikelihoodResult(
-                        res[0], len(encoded[i].continuation), len(requests[i].continuation), res[1],
-                        left_truncated=len(encoded[i].context) + len(encoded[i].continuation) - 1 > self.max_length,
-                        finite=res[2],
-                    )
-                    if on_result:
-                        on_result(i, results[i])
-                if progress:
-                    progress(len(done), sum(lengths[i] for i in done))
+
+        def finish(done: list[int], scored: list[tuple[float, bool, bool]]) -> None:
+            for i, res in zip(done, scored):
+                results[i] = LoglikelihoodResult(
+                    res[0], len(encoded[i].continuation), len(requests[i].continuation), res[1],
+                    left_truncated=len(encoded[i].context) + len(encoded[i].continuation) - 1 > self.max_length,
+                    finite=res[2],
+                )
+                if on_result:
+                    on_result(i, results[i])
+            if progress:
+                progress(len(done), sum(lengths[i] for i in done))
+
+        if self.share_prefixes:
+            self._score_sharing(None, 0, [(i, inputs[i], encoded[i].continuation) for i in range(len(requests))], finish)
+        else:
+            self._score_plain(list(range(len(requests))), encoded, lengths, finish)
         return results  # type: ignore[return-value]
+
+    def _model_input(self, e: Encoded) -> list[int]:
+        """What the model reads: context + continuation without its last token, left-truncated to the window."""
+        return (e.context + e.continuation)[:-1][-self.max_length :]
 
     def _halve_budget(self) -> None:
         if self.token_budget is not None:
@@ -229,48 +268,120 @@ class HFModel:
         if self.max_rows is not None:
             self.max_rows = max(1, self.max_rows // 2)
 
+    def _score_plain(self, indices: list[int], encoded: list[Encoded], lengths: list[int], finish) -> None:
+        for batch in plan_batches([lengths[i] for i in indices], self.max_rows, self.token_budget):
+            batch = [indices[j] for j in batch]
+            for done, scored in run_splitting_on_oom(batch, lambda b: self._score_batch([encoded[i] for i in b]), self._halve_budget):
+                finish(done, scored)
+
+    def _score_sharing(self, cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]], finish) -> None:
+        """Score rows that follow a prefix already in `cache` (None: no prefix), forwarding shared tokens once.
+
+        rows: (request index, tokens after the prefix, continuation tokens). A row's shareable tokens end
+        before its first scored position: that position's token must be forwarded with the row, since its
+        output predicts the continuation's first token. Groups found here extend the cache by their common
+        tokens and recurse, so a fixed demonstration prefix and then each question's own context are both
+        forwarded once.
+        """
+        shareable = [s[: len(s) - len(c)] for _, s, c in rows]
+        groups, alone = group_shared_prefixes(shareable, self.min_shared_prefix)
+        for shared, members in groups:
+            sub = self._extend_cache(cache, n_prefix, rows[members[0]][1][:shared])
+            self._score_sharing(sub, n_prefix + shared, [(rows[m][0], rows[m][1][shared:], rows[m][2]) for m in members], finish)
+            del sub
+        if not alone:
+            return
+        if cache is None:
+            self._score_plain([rows[m][0] for m in alone], *self._plain_inputs(rows, alone), finish)
+            return
+        # Each row's copy of the cache holds prefix + suffix positions: budget the batch on both.
+        sizes = [n_prefix + len(rows[m][1]) for m in alone]
+        for batch in plan_batches(sizes, self.max_rows, self.token_budget):
+            members = [rows[alone[j]] for j in batch]
+            for done, scored in run_splitting_on_oom(members, lambda b: self._score_against_prefix(cache, n_prefix, b), self._halve_budget):
+                finish([i for i, _, _ in done], scored)
+
+    @staticmethod
+    def _plain_inputs(rows, alone: list[int]) -> tuple[dict[int, Encoded], dict[int, int]]:
+        """Rows with no shared prefix, as Encoded (the input already left-truncated) and lengths, keyed by index."""
+        encoded = {rows[m][0]: Encoded(rows[m][1][: len(rows[m][1]) - len(rows[m][2]) + 1], rows[m][2]) for m in alone}
+        return encoded, {i: len(e.context) + len(e.continuation) - 1 for i, e in encoded.items()}
+
     @torch.no_grad()
-    def _score_batch(self, rows: list[Encoded]) -> list[tuple[float, bool, bool]]:
-        """(sum log-prob, is_greedy, finite) per row; log-softmax only at continuation positions."""
-        inputs = [(r.context + r.continuation)[:-1][-self.max_length :] for r in rows]
-        width = max(len(x) for x in inputs)
+    def _extend_cache(self, cache, n_prefix: int, tokens: list[int]):
+        """A new cache: `cache` (or nothing) followed by `tokens`, forwarded once as a single row."""
+        self.tokens_forwarded += len(tokens)
+        ids = torch.tensor([tokens], device=self.device)
+        if cache is None:
+            return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = copy.deepcopy(cache)
+        positions = torch.arange(n_prefix, n_prefix + len(tokens), device=self.device)[None]
+        return self.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+
+    @torch.no_grad()
+    def _score_against_prefix(self, prefix_cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]]) -> list[tuple[float, bool, bool]]:
+        width = max(len(s) for _, s, _ in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
-            ids[b, : len(x)] = torch.tensor(x)
-            mask[b, : len(x)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        # The positions whose next-token distribution scores a continuation token.
+        for b, (_, s, _) in enumerate(rows):  # right padding after the shared prefix: no mask needed (see _score_batch)
+            ids[b, : len(s)] = torch.tensor(s)
+        positions = torch.arange(n_prefix, n_prefix + width)[None].expand(len(rows), -1)
+        self.tokens_forwarded += sum(len(s) for _, s, _ in rows)
+        cache = copy.deepcopy(prefix_cache)  # each batch extends its own copy; the prefix stays reusable
+        cache.batch_repeat_interleave(len(rows))
+        kwargs = dict(
+            input_ids=ids.to(self.device), position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+        )
+        spans = [(b, len(s) - len(c), c) for b, (_, s, c) in enumerate(rows)]
+        return self._score_positions(kwargs, spans)
+
+    def _score_positions(self, forward_kwargs: dict, spans: list[tuple[int, int, list[int]]]) -> list[tuple[float, bool, bool]]:
+        """Run the model and score, per (row, first scored position, targets), only the positions needed."""
         row_idx, pos_idx, targets = [], [], []
-        for b, (x, r) in enumerate(zip(inputs, rows)):
-            n = len(r.continuation)
-            row_idx += [b] * n
-            pos_idx += range(len(x) - n, len(x))
-            targets += r.continuation
+        for b, start, target in spans:
+            row_idx += [b] * len(target)
+            pos_idx += range(start, start + len(target))
+            targets += target
         row_t = torch.tensor(row_idx, device=self.device)
         pos_t = torch.tensor(pos_idx, device=self.device)
         if self._split_head:
-            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state
             logits = self.model.get_output_embeddings()(hidden[row_t, pos_t])
         else:
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[row_t, pos_t]
+            logits = self.model(**forward_kwargs).logits[row_t, pos_t]
         logprobs = torch.log_softmax(logits.float(), dim=-1)
         target_t = torch.tensor(targets, device=self.device)
         token_lp = logprobs.gather(1, target_t[:, None])[:, 0]
         greedy = logprobs.argmax(-1) == target_t
         finite = torch.isfinite(logprobs).all(-1)
         out, start = [], 0
-        for r in rows:
-            end = start + len(r.continuation)
+        for _, _, target in spans:
+            end = start + len(target)
             out.append((token_lp[start:end].sum().item(), bool(greedy[start:end].all()), bool(finite[start:end].all())))
             start = end
         return out
+
+    @torch.no_grad()
+    def _score_batch(self, rows: list[Encoded]) -> list[tuple[float, bool, bool]]:
+        """(sum log-prob, is_greedy, finite) per row; log-softmax only at continuation positions."""
+        inputs = [self._model_input(r) for r in rows]
+        width = max(len(x) for x in inputs)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        for b, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
+            ids[b, : len(x)] = torch.tensor(x)
+        self.tokens_forwarded += sum(len(x) for x in inputs)
+        spans = [(b, len(x) - len(r.continuation), r.continuation) for b, (x, r) in enumerate(zip(inputs, rows))]
+        # No attention mask: with right padding the causal mask alone keeps every real token from seeing a
+        # pad, and the pads' outputs are never read. Without a mask, attention takes its fused causal path.
+        return self._score_positions(dict(input_ids=ids.to(self.device)), spans)
 
     # --- greedy generation ---------------------------------------------------------------
     def generate(
         self, requests: Sequence[GenerationRequest], progress: Progress | None = None, on_result: OnResult | None = None
     ) -> list[GenerationResult]:
+        """Greedy decoding, continuously batched: a row leaves the batch the step it stops, and a waiting row
+        takes its place, so the batch stays full and finished rows cost nothing further."""
         encoded = []
         for r in requests:
             room = self.max_length - r.max_new_tokens
@@ -280,55 +391,130 @@ class HFModel:
             encoded.append((ids[-room:], len(ids) > room))
         lengths = [len(ids) + r.max_new_tokens for (ids, _), r in zip(encoded, requests)]
         results: list[GenerationResult | None] = [None] * len(requests)
-        for batch in plan_batches(lengths, self.max_rows, self.token_budget):
-            rows = [(encoded[i][0], requests[i]) for i in batch]
-            for done, outs in run_splitting_on_oom(list(range(len(rows))), lambda b: self._generate_batch([rows[j] for j in b]), self._halve_budget):
-                for j, (raw, text, n) in zip(done, outs):
-                    i = batch[j]
-                    results[i] = GenerationResult(raw, text, n, left_truncated=encoded[i][1])
-                    if on_result:
-                        on_result(i, results[i])
-                if progress:
-                    progress(len(done), sum(lengths[batch[j]] for j in done))
+
+        def finish(i: int, out: tuple[str, str, int]) -> None:
+            results[i] = GenerationResult(*out, left_truncated=encoded[i][1])
+            if on_result:
+                on_result(i, results[i])
+            if progress:
+                progress(1, len(encoded[i][0]) + out[2])
+
+        pending = deque(sorted(range(len(requests)), key=lambda i: -lengths[i]))  # longest first: OOM shows early
+        while pending:
+            capacity = self._generation_rows(lengths[pending[0]])
+            try:
+                self._generate_stream(pending, capacity, [(ids, r) for (ids, _), r in zip(encoded, requests)], finish)
+            except Exception as e:  # rows in flight went back to `pending`; finished rows are kept
+                if not is_out_of_memory(e) or capacity == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self._halve_budget()
+                if self.max_rows is None and self.token_budget is not None and self.token_budget <= self.max_length:
+                    self.max_rows = max(1, capacity // 2)  # the budget cannot shrink further: cap the rows instead
         return results  # type: ignore[return-value]
 
+    def _generation_rows(self, longest: int) -> int:
+        rows = self.max_rows or 1 << 30
+        if self.token_budget is not None:
+            rows = min(rows, max(1, self.token_budget // longest))
+        return rows
+
     @torch.no_grad()
-    def _generate_batch(self, rows: list[tuple[list[int], GenerationRequest]]) -> list[tuple[str, str, int]]:
-        """Greedy decoding with a KV cache; a row that hits any of its stops leaves the batch at once."""
-        width = max(len(ids) for ids, _ in rows)
+    def _generate_stream(self, pending: deque, capacity: int, rows: list[tuple[list[int], GenerationRequest]], finish) -> None:
+        """Decode until `pending` is empty, at most `capacity` rows at a time; waiting rows join as others stop.
+
+        Rows are left-padded, so every row's next token sits in the last column; a joining group is prefilled
+        on its own and its KV cache is padded on the left to the running batch's width (or the batch's to its).
+        """
+        active: list[int] = []  # request indices, one per batch row
+        decoders: dict[int, _StopDecoder] = {}
+        cache = mask = last_pos = next_tokens = None
+        eos = self.tokenizer.eos_token_id
+        try:
+            while pending or active:
+                free = capacity - len(active)
+                if pending and (not active or (free >= max(1, capacity // 4) and self._can_merge(cache))):
+                    joining = [pending.popleft() for _ in range(min(free, len(pending)))]
+                    for i in joining:
+                        decoders[i] = _StopDecoder(self.tokenizer, rows[i][1].until, rows[i][1].max_new_tokens)
+                    c2, m2, p2, t2 = self._prefill([rows[i][0] for i in joining])
+                    if active:
+                        cache, mask = _merge_left_padded(cache, mask, c2, m2)
+                        last_pos, next_tokens = torch.cat([last_pos, p2]), torch.cat([next_tokens, t2])
+                    else:
+                        cache, mask, last_pos, next_tokens = c2, m2, p2, t2
+                    active += joining
+                keep = [k for k, (i, tok) in enumerate(zip(active, next_tokens.tolist())) if not decoders[i].push(tok, eos)]
+                for k, i in enumerate(active):
+                    if decoders[i].done:
+                        finish(i, decoders.pop(i).result())
+                if len(keep) < len(active):
+                    active = [active[k] for k in keep]
+                    if not active:
+                        cache = mask = last_pos = next_tokens = None
+                        continue
+                    keep_t = torch.tensor(keep, device=self.device)
+                    cache.batch_select_indices(keep_t)
+                    mask, last_pos, next_tokens = mask[keep_t], last_pos[keep_t], next_tokens[keep_t]
+                    cache, mask = _trim_left_padding(cache, mask)
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                last_pos = last_pos + 1
+                self.tokens_forwarded += len(active)
+                out = self.model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
+                next_tokens = out.logits[:, -1].argmax(-1)
+        except BaseException:
+            pending.extendleft(reversed(active))  # unfinished rows start again; finished ones were reported
+            raise
+
+    def _prefill(self, prompts: list[list[int]]):
+        """(cache, mask, last position, first generated token) for left-padded prompts."""
+        width = max(len(x) for x in prompts)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for b, (x, _) in enumerate(rows):  # left padding: every row's next token is at the last column
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, x in enumerate(prompts):
             ids[b, width - len(x) :] = torch.tensor(x)
             mask[b, width - len(x) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        decoders = [_StopDecoder(self.tokenizer, r.until, r.max_new_tokens) for _, r in rows]
-        active = list(range(len(rows)))
+        self.tokens_forwarded += sum(len(x) for x in prompts)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
-        last_pos = positions[:, -1:]
-        eos = self.tokenizer.eos_token_id
-        while True:
-            next_tokens = out.logits[:, -1].argmax(-1).tolist()
-            keep = []
-            for k, (row, tok) in enumerate(zip(active, next_tokens)):
-                if not decoders[row].push(tok, eos):
-                    keep.append(k)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                keep_t = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(keep_t)
-                mask, last_pos = mask[keep_t], last_pos[keep_t]
-                next_tokens = [next_tokens[k] for k in keep]
-                active = [active[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            last_pos = last_pos + 1
-            step = torch.tensor(next_tokens, device=self.device)[:, None]
-            out = self.model(input_ids=step, attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
-        return [d.result() for d in decoders]
+        return out.past_key_values, mask, positions[:, -1:], out.logits[:, -1].argmax(-1)
+
+    @staticmethod
+    def _can_merge(cache) -> bool:
+        """Joining a running batch needs plain per-layer key/value tensors (no sliding windows or quantized caches)."""
+        layers = getattr(cache, "layers", None)
+        return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+
+
+def _merge_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor):
+    """Stack two left-padded batches (KV cache and attention mask): the narrower one gets more padding on the left."""
+    width = max(mask.shape[1], other_mask.shape[1])
+
+    def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - t.shape[dim]
+        if not missing:
+            return t
+        shape = list(t.shape)
+        shape[dim] = missing
+        return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+    for layer, new in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([widen(layer.keys, 2), widen(new.keys, 2)])
+        layer.values = torch.cat([widen(layer.values, 2), widen(new.values, 2)])
+    return cache, torch.cat([widen(mask, 1), widen(other_mask, 1)])
+
+
+def _trim_left_padding(cache, mask: torch.Tensor):
+    """Drop leading columns that no remaining row attends to, so a long-running batch does not keep growing."""
+    first = int(mask.any(0).nonzero()[0]) if mask.any() else 0
+    if first == 0 or not HFModel._can_merge(cache):
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return cache, mask[:, first:]
 
 
 class _StopDecoder:

@@ -1,0 +1,57 @@
+"""Data parallelism: 2 CPU processes (gloo) give the same results as one; shards keep shared contexts together."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from icl_eval.cli import main
+from icl_eval.distributed import shard
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shards_cover_everything_once_and_keep_contexts_together():
+    keys = ["a", "a", "b", "c", "a", "d", "b", "e"]
+    weights = [5, 5, 9, 1, 5, 2, 9, 3]
+    parts = [shard(keys, weights, r, 3) for r in range(3)]
+    assert sorted(i for p in parts for i in p) == list(range(len(keys)))
+    for p in parts:
+        for i in p:
+            assert all(j in p for j in range(len(keys)) if keys[j] == keys[i])
+    assert parts == [shard(keys, weights, r, 3) for r in range(3)]  # every process computes the same split
+    assert shard(keys, weights, 0, 1) == list(range(len(keys)))
+
+
+def samples_of(run_dir: Path) -> dict[str, list[dict]]:
+    return {p.name: [json.loads(x) for x in p.read_text().splitlines()] for p in sorted((run_dir / "samples").iterdir())}
+
+
+def test_two_processes_equal_one(tiny_checkpoint, tmp_path, capsys):
+    argv = ["run", "--model", str(tiny_checkpoint), "--tasks", "arithmetic_2da", "--shots", "0,3", "--limit", "8", "--batch-size", "4"]
+    assert main(argv + ["--output", str(tmp_path / "one")]) == 0
+    one = Path(capsys.readouterr().out.strip().splitlines()[-1]).parent
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "icl_eval", *argv, "--output", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "two").iterdir())
+    assert len(runs) == 1, "only the first process writes a run folder"
+    two = runs[0]
+    assert "2 data-parallel processes" in proc.stdout
+
+    res_one, res_two = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert res_two["settings"]["processes"] == 2 and res_one["settings"]["processes"] == 1
+    for a, b in zip(res_one["records"], res_two["records"], strict=True):
+        assert (a["task"], a["shots"], a["metric"], a["n"]) == (b["task"], b["shots"], b["metric"], b["n"])
+        assert abs(a["value"] - b["value"]) < 1e-9
+    s1, s2 = samples_of(one), samples_of(two)
+    assert s1.keys() == s2.keys()
+    for name in s1:
+        for x, y in zip(s1[name], s2[name], strict=True):
+            assert (x["doc_id"], x["fewshot_ids"], x["prompt_hash"], x["is_greedy"]) == (y["doc_id"], y["fewshot_ids"], y["prompt_hash"], y["is_greedy"])
+            assert abs(x["loglikelihood"] - y["loglikelihood"]) < 1e-4

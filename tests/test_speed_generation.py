@@ -1,0 +1,75 @@
+"""Continuous batching: rows leave the batch the step they stop, waiting rows join, outputs equal HF greedy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_hf_model
+from icl_eval.requests import GenerationRequest
+
+PROMPTS = ["Q: What is 2 plus 2?\nA:", "Hello", "The capital of France is", "x", "naïve café", "Q: 1+1?\nA:", "She held the torch", "7 8 9"]
+
+
+def requests() -> list[GenerationRequest]:
+    # Different budgets and stops: rows finish at different steps, so the batch must shrink and refill.
+    return [GenerationRequest(p, ("\n", ".") if i % 2 else ("zz",), 3 + 2 * i) for i, p in enumerate(PROMPTS)]
+
+
+def hf_greedy(model, tok, req: GenerationRequest) -> str:
+    ids = tok(req.context, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=req.max_new_tokens, do_sample=False, pad_token_id=tok.eos_token_id)
+    text = tok.decode(ref[0, ids.shape[1] :])
+    cut = min([i for u in req.until if (i := text.find(u)) >= 0], default=len(text))
+    return text[:cut]
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, "auto"])
+def test_stream_matches_plain_greedy_and_forwards_each_token_once(tiny_gpt2_model, gpt2_tokenizer, batch_size):
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=batch_size)
+    reqs = requests()
+    seen = []
+    outs = hf.generate(reqs, on_result=lambda i, r: seen.append(i))
+    for req, out in zip(reqs, outs):
+        assert out.text == hf_greedy(tiny_gpt2_model, gpt2_tokenizer, req)
+    assert sorted(seen) == list(range(len(reqs)))
+    # The prompt once, then one step per generated token but the last: a finished row costs nothing further.
+    prompts = sum(len(hf.encode(r.context)) for r in reqs)
+    assert hf.tokens_forwarded == prompts + sum(o.n_tokens - 1 for o in outs)
+
+
+def test_rows_leave_and_join_the_batch(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=3)
+    widths = []
+    real = hf.model.forward
+
+    def spy(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf.model, "forward", spy)
+    hf.generate(requests())
+    assert max(widths) == 3 and min(widths) < 3  # never more than the cap, and stopped rows really leave
+    assert len(widths) < sum(r.max_new_tokens for r in requests()) / 2  # rows ran side by side
+
+
+def test_oom_during_generation_keeps_finished_rows(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    reqs = requests()
+    expected = [o.text for o in make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4).generate(reqs)]
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4)
+    real = hf.model.forward
+    calls = [0]
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if kwargs["input_ids"].shape[0] > 2 and calls[0] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf.model, "forward", flaky)
+    reported = {}
+    outs = hf.generate(reqs, on_result=lambda i, r: reported.setdefault(i, []).append(r))
+    assert [o.text for o in outs] == expected
+    assert all(len(v) == 1 for v in reported.values()) and len(reported) == len(reqs)  # each reported once
+    assert hf.max_rows <= 2

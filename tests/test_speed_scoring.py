@@ -1,0 +1,144 @@
+"""Shared prefixes are forwarded once, and scores equal the unshared computation within 1e-4 (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_hf_model
+from icl_eval.batching import group_shared_prefixes
+from icl_eval.requests import LoglikelihoodRequest
+
+DEMOS = "".join(f"\n\nQ: What is {a} plus {b}?\n\nA: {a + b}" for a, b in [(12, 30), (45, 9), (71, 23), (8, 64)])
+QUESTIONS = [(98, 45), (33, 21), (5, 50), (60, 17), (11, 11)]
+
+
+def mc_requests() -> list[LoglikelihoodRequest]:
+    """Four candidates per question with one context string each, plus acc_uncond requests on one neutral context."""
+    reqs = []
+    for a, b in QUESTIONS:
+        context = f"A man is sitting on a roof. He starts pulling up roofing on it and adds {a} shingles to {b}"
+        reqs += [LoglikelihoodRequest(context, f" ending {c}: {a * c} more words follow") for c in range(4)]
+    reqs += [LoglikelihoodRequest("Answer:", f" ending {c}") for c in range(4)]
+    return reqs
+
+
+def fixed_prefix_requests() -> list[LoglikelihoodRequest]:
+    return [LoglikelihoodRequest(f"{DEMOS}\n\nQ: What is {a} plus {b}?\n\nA:", f" {a + b}") for a, b in QUESTIONS]
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def arch(request, gpt2_tokenizer, tiny_gpt2_model):
+    from icl_eval.models.tiny import tiny_llama
+
+    return tiny_gpt2_model if request.param == "gpt2" else tiny_llama(len(gpt2_tokenizer), max_positions=512, seed=1)
+
+
+def counting_prefixes(hf):
+    """Wrap the prefix forward to record the tokens of each shared prefix it forwards."""
+    seen = []
+    real = hf._extend_cache
+
+    def spy(cache, n_prefix, tokens):
+        seen.append(len(tokens))
+        return real(cache, n_prefix, tokens)
+
+    hf._extend_cache = spy
+    return seen
+
+
+def forwarding_limit(hf, reqs) -> int:
+    """Every needed token once: each distinct shareable prefix (a trie node) plus each row's scored inputs."""
+    nodes, scored = set(), 0
+    for r in reqs:
+        e = hf.encode_pair(r.context, r.continuation)
+        x = hf._model_input(e)
+        nodes.update(tuple(x[: j + 1]) for j in range(len(x) - len(e.continuation)))
+        scored += len(e.continuation)
+    return len(nodes) + scored
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert x.loglikelihood == pytest.approx(y.loglikelihood, abs=1e-4)
+        assert (x.n_tokens, x.n_chars, x.is_greedy, x.finite, x.left_truncated) == (y.n_tokens, y.n_chars, y.is_greedy, y.finite, y.left_truncated)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, "auto"])
+def test_shared_contexts_equal_unshared(arch, gpt2_tokenizer, batch_size):
+    reqs = mc_requests()
+    unshared = make_hf_model(arch, gpt2_tokenizer, batch_size=batch_size, share_prefixes=False).loglikelihood(reqs)
+    hf = make_hf_model(arch, gpt2_tokenizer, batch_size=batch_size, min_shared_prefix=2)
+    seen = counting_prefixes(hf)
+    assert_same(hf.loglikelihood(reqs), unshared)
+    # Each question's context (and the neutral "Answer:" context) is forwarded once, not once per candidate.
+    assert seen and hf.tokens_forwarded == forwarding_limit(hf, reqs)
+
+
+def test_fixed_prefix_reused_and_equal_to_plain(arch, gpt2_tokenizer):
+    reqs = fixed_prefix_requests()
+    plain = make_hf_model(arch, gpt2_tokenizer, batch_size=2, share_prefixes=False).loglikelihood(reqs)
+    hf = make_hf_model(arch, gpt2_tokenizer, batch_size=2)
+    seen = counting_prefixes(hf)
+    assert_same(hf.loglikelihood(reqs), plain)
+    demo_tokens = len(gpt2_tokenizer(DEMOS).input_ids)
+    assert len(seen) == 1 and seen[0] >= demo_tokens  # the demonstrations (and the shared "\n\nQ: What is") once
+    assert hf.tokens_forwarded == forwarding_limit(hf, reqs)
+
+
+def test_prefix_is_a_token_prefix_when_text_merges_across_the_boundary(gpt2_tokenizer, tiny_gpt2_model):
+    # The common *text* "...the quick brown fo" is not a common *token* prefix: "fox" and "fo od" tokenize differently.
+    base = "The quick brown fox jumps over the lazy dog. " * 3
+    reqs = [LoglikelihoodRequest(base + "fo" + tail, " end") for tail in ("x", "od", "rtune", "x and more")]
+    plain = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, share_prefixes=False).loglikelihood(reqs)
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)
+    seen = counting_prefixes(hf)
+    assert_same(hf.loglikelihood(reqs), plain)
+    enc = [hf._model_input(hf.encode_pair(r.context, r.continuation)) for r in reqs]
+    assert seen and all(all(e[:n] == enc[0][:n] for e in enc) for n in seen)
+
+
+def test_left_truncated_rows_share_safely(gpt2_tokenizer):
+    from icl_eval.models.tiny import tiny_gpt2
+
+    small = tiny_gpt2(len(gpt2_tokenizer), n_positions=48, seed=3)
+    reqs = [LoglikelihoodRequest("word " * 60 + "shared tail of the context", f" option {c}") for c in range(3)]
+    plain = make_hf_model(small, gpt2_tokenizer, share_prefixes=False).loglikelihood(reqs)
+    shared = make_hf_model(small, gpt2_tokenizer).loglikelihood(reqs)
+    assert all(r.left_truncated for r in shared)
+    assert_same(shared, plain)
+
+
+def test_oom_during_shared_path_splits_and_keeps_results(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    reqs = mc_requests()
+    expected = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=8).loglikelihood(reqs)
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=8, min_shared_prefix=2)
+    real = hf._score_against_prefix
+    calls = []
+
+    def flaky(cache, n_prefix, rows):
+        calls.append(len(rows))
+        if len(rows) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(cache, n_prefix, rows)
+
+    monkeypatch.setattr(hf, "_score_against_prefix", flaky)
+    finished = {}
+    got = hf.loglikelihood(reqs, on_result=lambda i, r: finished.setdefault(i, r))
+    assert_same(got, expected)
+    assert sorted(finished) == list(range(len(reqs)))  # every result reported once, none lost to the splits
+    assert max(calls) > 1 and hf.max_rows == 1
+
+
+def test_grouping_saves_tokens_and_ignores_chance_matches():
+    rows = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7], [9, 9], [1, 2, 3, 4, 8], [7, 7, 7, 7, 7, 7], [1, 2, 0]]
+    groups, alone = group_shared_prefixes(rows, min_shared=4)
+    assert groups == [(4, [0, 1, 3])]
+    assert sorted(alone) == [2, 4, 5]
+    # Identical short rows group even below min_shared: they are one question's candidates.
+    groups, alone = group_shared_prefixes([[3, 4], [3, 4], [3, 5], []], min_shared=4)
+    assert groups == [(2, [0, 1])] and sorted(alone) == [2, 3]
+    # Identical rows share everything; a group never claims more than its shortest row.
+    groups, alone = group_shared_prefixes([[5, 6, 7], [5, 6, 7], [5, 6, 7, 8]], min_shared=1)
+    assert groups == [(3, [0, 1, 2])] and alone == []
+    assert group_shared_prefixes([], 4) == ([], [])
