@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -39,8 +40,11 @@ def test_two_processes_equal_one(tiny_checkpoint, tmp_path, capsys):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "icl_eval", *argv, "--output", str(tmp_path / "two")]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = list((tmp_path / "two").iterdir())
+    runs = [d for d in (tmp_path / "two").iterdir() if not d.name.startswith(".")]
     assert len(runs) == 1, "only the first process writes a run folder"
+    # Each process stored its own shard in the one response cache: together, every request (8 docs x 2 shot counts).
+    with sqlite3.connect(tmp_path / "two" / ".cache" / "responses.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM responses").fetchone()[0] == 16
     two = runs[0]
     assert "2 data-parallel processes" in proc.stdout
 
