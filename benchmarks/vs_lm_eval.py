@@ -12,7 +12,6 @@ lm-eval time / icl-eval time, the peak memory of each, the largest per-example l
 from __future__ import annotations
 
 import argparse
-import bz2
 import copy
 import json
 import sys
@@ -40,29 +39,15 @@ class Workload:
     gold: list[int] | None = None  # multiple choice: requests come in groups of 4, gold index per group
 
 
-def arithmetic(hf: HFModel, limit: int, shots: int, mode: str, seed: int) -> list[tuple[str, str]]:
-    task = load_task("arithmetic_2da")
+def task_requests(hf: HFModel, name: str, limit: int, shots: int, mode: str, seed: int) -> tuple[list[tuple[str, str]], list[int] | None]:
+    """The (context, continuation) pairs icl-eval itself sends for a registered task, and the gold index per
+    example for multiple choice (its candidates are consecutive pairs)."""
+    task = load_task(name)
     settings = Settings(shots=(shots,), seed=seed, limit=limit, data_dir=str(SHARED / "data"), fewshot_mode=mode)
     prep = prepare(task, settings)
     prompts = [build_prompt(prep, d, shots, seed, hf, 0, mode) for d in prep.doc_ids]
-    return [(p.context, p.target) for p in prompts]
-
-
-def hellaswag(limit: int, shots: int, seed: int) -> tuple[list[tuple[str, str]], list[int]]:
-    """4-way requests in the paper's format: context `{activity_label}: {ctx}`, candidates ` {ending}`.
-
-    Built from shared/data directly (the registered task arrives with the task-suite branch); demonstrations
-    are other validation items with their gold ending, drawn per example like icl-eval does.
-    """
-    lines = bz2.open(SHARED / "data/hellaswag/hellaswag_val_full.txt.bz2", "rt", encoding="utf-8").read().split("\n")
-    items = [(lines[i], int(lines[i + 1]), lines[i + 2 : i + 6]) for i in range(0, len(lines) - 5, 6)]
-    requests, gold = [], []
-    for doc_id in fewshot.subset("hellaswag", seed, len(items), limit):
-        demos = [f"{items[j][0]} {items[j][2][items[j][1]]}" for j in fewshot.draw("hellaswag", seed, doc_id, shots, len(items), True)]
-        context = "\n\n".join(demos + [items[doc_id][0]])
-        requests += [(context, " " + ending) for ending in items[doc_id][2]]
-        gold.append(items[doc_id][1])
-    return requests, gold
+    gold = [prep.example(p.doc_id).gold for p in prompts] if task.output_type == "multiple_choice" else None
+    return [pair for p in prompts for pair in p.requests], gold
 
 
 def newline_biased(model: torch.nn.Module, tok, contexts: list[str], max_new: int, target_mean: float = 16.0) -> torch.nn.Module:
@@ -168,14 +153,14 @@ def main() -> None:
     wanted = {int(x) for x in args.workloads.split(",")}
     workloads = []
     if 1 in wanted:
-        workloads.append(Workload("1 arithmetic_2da 32-shot per-example", "loglikelihood", arithmetic(hf, args.limit, 32, "per_example", args.seed), model))
+        workloads.append(Workload("1 arithmetic_2da 32-shot per-example", "loglikelihood", task_requests(hf, "arithmetic_2da", args.limit, 32, "per_example", args.seed)[0], model))
     if 2 in wanted:
-        reqs, gold = hellaswag(args.limit, 5, args.seed)
+        reqs, gold = task_requests(hf, "hellaswag", args.limit, 5, "per_example", args.seed)
         workloads.append(Workload("2 hellaswag 5-shot 4-way MC", "loglikelihood", reqs, model, gold))
     if 3 in wanted:
-        workloads.append(Workload("3 arithmetic_2da 32-shot fixed", "loglikelihood", arithmetic(hf, args.fixed_limit or args.limit, 32, "fixed", args.seed), model))
+        workloads.append(Workload("3 arithmetic_2da 32-shot fixed", "loglikelihood", task_requests(hf, "arithmetic_2da", args.fixed_limit or args.limit, 32, "fixed", args.seed)[0], model))
     if 4 in wanted:
-        contexts = [c for c, _ in arithmetic(hf, args.gen_limit, 4, "per_example", args.seed)]
+        contexts = [c for c, _ in task_requests(hf, "arithmetic_2da", args.gen_limit, 4, "per_example", args.seed)[0]]
         biased = newline_biased(model, tok, contexts, args.max_new_tokens)
         workloads.append(Workload(f"4 generation, stop at newline, <= {args.max_new_tokens} new tokens", "generate", contexts, biased))
 
