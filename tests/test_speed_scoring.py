@@ -58,6 +58,18 @@ def forwarding_limit(hf, reqs) -> int:
     return len(nodes) + scored
 
 
+def assert_forwarded_once(hf, reqs) -> None:
+    """Shared prefixes cost one forward: the trie minimum, give or take what the design allows.
+
+    A common run shorter than `min_shared_prefix` is not worth its own forward pass, so siblings may each
+    forward up to min_shared_prefix - 1 such tokens (how many depends on the tokenizer's merges). Forwarding a
+    context once per candidate would cost whole contexts again, far beyond that slack.
+    """
+    limit = forwarding_limit(hf, reqs)
+    slack = (hf.min_shared_prefix - 1) * len({r.context for r in reqs})
+    assert limit <= hf.tokens_forwarded <= limit + slack
+
+
 def assert_same(a, b):
     for x, y in zip(a, b, strict=True):
         assert x.loglikelihood == pytest.approx(y.loglikelihood, abs=1e-4)
@@ -72,7 +84,8 @@ def test_shared_contexts_equal_unshared(arch, gpt2_tokenizer, batch_size):
     seen = counting_prefixes(hf)
     assert_same(hf.loglikelihood(reqs), unshared)
     # Each question's context (and the neutral "Answer:" context) is forwarded once, not once per candidate.
-    assert seen and hf.tokens_forwarded == forwarding_limit(hf, reqs)
+    assert seen
+    assert_forwarded_once(hf, reqs)
 
 
 def test_fixed_prefix_reused_and_equal_to_plain(arch, gpt2_tokenizer):
@@ -83,7 +96,7 @@ def test_fixed_prefix_reused_and_equal_to_plain(arch, gpt2_tokenizer):
     assert_same(hf.loglikelihood(reqs), plain)
     demo_tokens = len(gpt2_tokenizer(DEMOS).input_ids)
     assert len(seen) == 1 and seen[0] >= demo_tokens  # the demonstrations (and the shared "\n\nQ: What is") once
-    assert hf.tokens_forwarded == forwarding_limit(hf, reqs)
+    assert_forwarded_once(hf, reqs)
 
 
 def test_prefix_is_a_token_prefix_when_text_merges_across_the_boundary(gpt2_tokenizer, tiny_gpt2_model):
