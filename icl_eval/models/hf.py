@@ -490,21 +490,25 @@ class HFModel:
 
 
 def _merge_left_padded(cache, mask: torch.Tensor, other, other_mask: torch.Tensor):
-    """Stack two left-padded batches (KV cache and attention mask): the narrower one gets more padding on the left."""
+    """Stack two left-padded batches (KV cache and attention mask): the narrower one gets more padding on the left.
+
+    Each merged tensor is allocated once and both parts are copied into its right-aligned slices: widening
+    copies first would hold three versions of a layer at once, more than a decoding step's own concatenation.
+    """
     width = max(mask.shape[1], other_mask.shape[1])
 
-    def widen(t: torch.Tensor, dim: int) -> torch.Tensor:
-        missing = width - t.shape[dim]
-        if not missing:
-            return t
-        shape = list(t.shape)
-        shape[dim] = missing
-        return torch.cat([t.new_zeros(shape), t], dim=dim)
+    def stacked(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = list(a.shape)
+        shape[0], shape[dim] = a.shape[0] + b.shape[0], width
+        out = a.new_zeros(shape)
+        out[: a.shape[0]].narrow(dim, width - a.shape[dim], a.shape[dim]).copy_(a)
+        out[a.shape[0] :].narrow(dim, width - b.shape[dim], b.shape[dim]).copy_(b)
+        return out
 
     for layer, new in zip(cache.layers, other.layers):
-        layer.keys = torch.cat([widen(layer.keys, 2), widen(new.keys, 2)])
-        layer.values = torch.cat([widen(layer.values, 2), widen(new.values, 2)])
-    return cache, torch.cat([widen(mask, 1), widen(other_mask, 1)])
+        layer.keys = stacked(layer.keys, new.keys, 2)
+        layer.values = stacked(layer.values, new.values, 2)
+    return cache, stacked(mask, other_mask, 1)
 
 
 def _trim_left_padding(cache, mask: torch.Tensor):
