@@ -15,18 +15,8 @@ def stable_rng(*parts: object) -> random.Random:
 
 
 def draw(task: str, seed: int, doc_id: int, k: int, pool_size: int, same_split: bool) -> list[int]:
-    """Indices into the few-shot pool. With same_split, the pool is the eval split: never the example itself."""
-    available = pool_size - (1 if same_split else 0)
-    if k > available:
-        raise IclEvalError(f"task '{task}': --shots {k} is larger than the few-shot pool ({available} examples); use at most {available} shots")
-    if k == 0:
-        return []
-    rng = stable_rng(task, seed, doc_id)
-    # Drawing one extra keeps the draw the same size whether or not the example is in it.
-    picked = rng.sample(range(pool_size), min(k + 1, pool_size)) if same_split else rng.sample(range(pool_size), k)
-    if same_split:
-        picked = [i for i in picked if i != doc_id][:k]
-    return picked
+    """Indices into the few-shot pool, drawn per example. With same_split, the pool is the eval split: never the example itself."""
+    return _pick(stable_rng(task, seed, doc_id), task, doc_id, k, pool_size, same_split)
 
 
 FEWSHOT_MODES = ("per_example", "fixed")
@@ -39,12 +29,17 @@ def draw_fixed(task: str, seed: int, doc_id: int, k: int, pool_size: int, same_s
     a seeded spare (the set's K+1-th draw), the other demonstrations keep their order, so only the
     demonstrations from that slot onwards differ for that one example.
     """
+    return _pick(stable_rng(task, seed, "fixed", k), task, doc_id, k, pool_size, same_split)
+
+
+def _pick(rng: random.Random, task: str, doc_id: int, k: int, pool_size: int, same_split: bool) -> list[int]:
     available = pool_size - (1 if same_split else 0)
     if k > available:
         raise IclEvalError(f"task '{task}': --shots {k} is larger than the few-shot pool ({available} examples); use at most {available} shots")
     if k == 0:
         return []
-    picked = stable_rng(task, seed, "fixed", k).sample(range(pool_size), min(k + 1, pool_size) if same_split else k)
+    # Drawing one extra keeps the draw the same size whether or not the example is in it.
+    picked = rng.sample(range(pool_size), min(k + 1, pool_size) if same_split else k)
     if same_split:
         picked = [i for i in picked if i != doc_id][:k]
     return picked
