@@ -157,10 +157,6 @@ def value(metric: str, items: list) -> float:
     return aggregate(metric, items)[0]
 
 
-# Callers that only need values (icl_eval.compare.significance) look for this.
-aggregate.value_only = value  # type: ignore[attr-defined]
-
-
 def loglikelihood_item(metric: str, result: LoglikelihoodResult) -> float:
     """The per-example item of a log-likelihood task: acc is greedy match of the whole continuation."""
     if metric == "acc":

@@ -166,10 +166,10 @@ def test_significance_marks_clear_difference_not_identical_copy(runs: Path) -> N
     assert "(" not in cells.at[row, "zeta-small"]  # the baseline shows no difference to itself
     # Perplexity has no harness aggregate in this test, so it is left untested and the footnote says why.
     assert cells.at[("lambada", "perplexity", 0), "alpha-large"].endswith(f"{table.UNTESTED_MARK})")
-    assert any("perplexity needs icl_eval.metrics.aggregate" in n for n in table.footnotes(tab, "bold"))
+    assert any("perplexity needs icl_eval.metrics.value" in n for n in table.footnotes(tab, "bold"))
 
 
-def test_bootstrap_is_seeded_and_uses_aggregate_for_perplexity() -> None:
+def test_bootstrap_is_seeded_and_uses_the_harness_score_for_perplexity() -> None:
     rng = np.random.default_rng(0)
     base = {str(i): float(x) for i, x in enumerate(rng.normal(-2, 0.5, 150))}
     better = {k: v + 0.5 for k, v in base.items()}
@@ -178,11 +178,11 @@ def test_bootstrap_is_seeded_and_uses_aggregate_for_perplexity() -> None:
     assert first.significant and first.n_pairs == 150
     calls = []
 
-    def aggregate(metric: str, items: list) -> tuple[float, float | None]:
+    def score(metric: str, items: list) -> float:
         calls.append(metric)
-        return _perplexity(items)
+        return _perplexity(items)[0]
 
-    ppl = paired_bootstrap("perplexity", base, better, aggregate=aggregate, n_resamples=200)
+    ppl = paired_bootstrap("perplexity", base, better, score=score, n_resamples=200)
     assert ppl.significant and len(calls) == 2 + 2 * 200
     assert paired_bootstrap("perplexity", base, better).p_value is None
     # Only docs logged by both models are paired.

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from icl_eval.compare import formats, load, plots, report, table
-from icl_eval.compare.significance import Aggregate, Significance, paired_bootstrap
+from icl_eval.compare.significance import Score, Significance, paired_bootstrap
 
 
 def _csv_list(text: str) -> list[str]:
@@ -38,18 +38,18 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _harness_aggregate() -> Aggregate | None:
+def _harness_score() -> Score | None:
     try:
-        from icl_eval.metrics import aggregate
+        from icl_eval.metrics import value
     except ImportError:  # an older or partial install: significance is then skipped for non-mean metrics
         return None
-    return aggregate
+    return value
 
 
 def collect_tests(
     records: pd.DataFrame,
     baseline: str,
-    aggregate: Aggregate | None,
+    score: Score | None,
     n_resamples: int,
     seed: int,
     read_items: Callable[[Path, str, int], dict[str, dict] | None] = load.read_items,
@@ -78,7 +78,7 @@ def collect_tests(
             tests[(row, rec.column)] = Significance(None, 0, "no per-example sample logs")
             continue
         tests[(row, rec.column)] = paired_bootstrap(
-            rec.metric, base_items, other_items, aggregate=aggregate, n_resamples=n_resamples, seed=seed
+            rec.metric, base_items, other_items, score=score, n_resamples=n_resamples, seed=seed
         )
     return tests
 
@@ -91,7 +91,7 @@ def run_command(args: argparse.Namespace) -> int:
     result = table.build_table(records, loaded.columns)
     if args.baseline:
         baseline = table.resolve_baseline(args.baseline, loaded.columns)
-        tests = collect_tests(records, baseline, _harness_aggregate(), args.resamples, args.seed)
+        tests = collect_tests(records, baseline, _harness_score(), args.resamples, args.seed)
         result = table.with_baseline(result, baseline, tests, args.resamples, args.seed)
     sys.stdout.write(formats.render(result, args.format))
     if args.contamination:

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Aggregate = Callable[[str, list], tuple[float, "float | None"]]
+# The harness's metric value of a list of per-example items (icl_eval.metrics.value): no stderr, which for a
+# corpus metric is itself a bootstrap and would be wasted inside this one.
+Score = Callable[[str, list], float]
 
 ALPHA = 0.05
 # Metrics whose value is not the mean of its items: they need the harness's own aggregate.
@@ -48,17 +50,15 @@ def _bootstrap_mean_diff(diffs: np.ndarray, n_resamples: int, rng: np.random.Gen
     return out
 
 
-def _bootstrap_aggregate(
-    metric: str, base: list, other: list, aggregate: Aggregate, n_resamples: int, rng: np.random.Generator
+def _bootstrap_score(
+    metric: str, base: list, other: list, score: Score, n_resamples: int, rng: np.random.Generator
 ) -> tuple[float, np.ndarray]:
-    # A corpus metric's own stderr is a bootstrap too: skip it inside this loop when the harness offers values alone.
-    value = getattr(aggregate, "value_only", None) or (lambda m, items: aggregate(m, items)[0])
-    observed = value(metric, other) - value(metric, base)
+    observed = score(metric, other) - score(metric, base)
     n = len(base)
     out = np.empty(n_resamples)
     for b in range(n_resamples):
         idx = rng.integers(0, n, size=n)
-        out[b] = value(metric, [other[i] for i in idx]) - value(metric, [base[i] for i in idx])
+        out[b] = score(metric, [other[i] for i in idx]) - score(metric, [base[i] for i in idx])
     return observed, out
 
 
@@ -71,7 +71,7 @@ def paired_bootstrap(
     base: dict[str, object],
     other: dict[str, object],
     *,
-    aggregate: Aggregate | None = None,
+    score: Score | None = None,
     n_resamples: int = 1000,
     seed: int = 1234,
 ) -> Significance:
@@ -88,10 +88,10 @@ def paired_bootstrap(
         diffs = np.asarray(other_items, dtype=float) - np.asarray(base_items, dtype=float)
         observed = float(diffs.mean())
         return Significance(_p_value(observed, _bootstrap_mean_diff(diffs, n_resamples, rng)), len(shared))
-    if aggregate is None:
-        return Significance(None, len(shared), f"{metric} needs icl_eval.metrics.aggregate, which is not available")
+    if score is None:
+        return Significance(None, len(shared), f"{metric} needs icl_eval.metrics.value, which is not available")
     try:
-        observed, resampled = _bootstrap_aggregate(metric, base_items, other_items, aggregate, n_resamples, rng)
+        observed, resampled = _bootstrap_score(metric, base_items, other_items, score, n_resamples, rng)
     except (KeyError, ValueError, TypeError) as exc:
         return Significance(None, len(shared), f"{metric} cannot be aggregated here ({exc.__class__.__name__}: {exc})")
     return Significance(_p_value(observed, resampled), len(shared))

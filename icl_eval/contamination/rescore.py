@@ -37,7 +37,7 @@ def _relative(clean: float, whole: float) -> float:
 def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], label: str = "") -> list[dict[str, Any]]:
     """One row per (task, shots, metric) that both the run and the report know, from the run's sample logs."""
     from icl_eval.compare.load import read_items
-    from icl_eval.metrics import METRICS, aggregate
+    from icl_eval.metrics import METRICS, value
 
     rows = []
     logs: dict[tuple[str, int], dict | None] = {}
@@ -57,7 +57,7 @@ def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], labe
                 continue
             subsets["all"].append(m[metric])
             subsets["dirty" if doc in dirty else "clean"].append(m[metric])
-        scores = {name: aggregate(metric, xs)[0] if xs else math.nan for name, xs in subsets.items()}
+        scores = {name: value(metric, xs) if xs else math.nan for name, xs in subsets.items()}
         rows.append({
             "model": label, "task": task, "shots": shots, "metric": metric, "n_ngram": report["tasks"][task]["n"],
             "all": scores["all"], "n_all": len(subsets["all"]), "clean": scores["clean"], "n_clean": len(subsets["clean"]),
