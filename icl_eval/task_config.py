@@ -16,7 +16,6 @@ from icl_eval.errors import IclEvalError
 
 OUTPUT_TYPES = ("loglikelihood", "generate", "multiple_choice")
 SCORING_MODES = ("full", "partial")
-NORMALIZERS = ("answer", "strip", "lower")
 
 
 @dataclass(frozen=True)
@@ -146,8 +145,10 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         _expect(kw["template_vars"], dict, path, "template_vars")
     if kw.get("scoring", "full") not in SCORING_MODES:
         raise IclEvalError(f"{path}: 'scoring' must be full or partial, got {kw['scoring']!r}")
+    from icl_eval.metrics import METRICS, NORMALIZERS  # late: metrics imports nothing from here, but keep the schema module light
+
     if kw.get("normalizer", "answer") not in NORMALIZERS:
-        raise IclEvalError(f"{path}: 'normalizer' must be one of {', '.join(NORMALIZERS)}, got {kw['normalizer']!r}{_suggest(str(kw['normalizer']), NORMALIZERS)}")
+        raise IclEvalError(f"{path}: 'normalizer' must be one of {', '.join(NORMALIZERS)}, got {kw['normalizer']!r}{_suggest(str(kw['normalizer']), tuple(NORMALIZERS))}")
     if kw["output_type"] == "multiple_choice":
         for key in ("choices", "gold"):
             if not kw.get(key):
@@ -167,7 +168,6 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
     if isinstance(metrics, str):
         metrics = [metrics]
     _expect(metrics, list, path, "metrics")
-    from icl_eval.metrics import METRICS  # late: metrics imports nothing from here, but keep the schema module light
 
     for m in metrics:
         if m not in METRICS:
