@@ -191,9 +191,7 @@ def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc
     """Each document becomes {field: expression over the raw record}; no mapping keeps documents as they are."""
     if not mapping:
         return docs
-    import jinja2
-
-    from icl_eval.prompts import compile_expression
+    from icl_eval.prompts import call_expression, compile_expression
 
     compiled = {name: compile_expression(expr, f"{where}.{name}") for name, expr in mapping.items()}
     out = []
@@ -201,9 +199,7 @@ def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc
         doc = {}
         for name, fn in compiled.items():
             try:
-                doc[name] = fn(**raw, doc=raw)
-                if isinstance(doc[name], jinja2.Undefined):
-                    str(doc[name])  # StrictUndefined raises here, naming the missing field
+                doc[name] = call_expression(fn, **raw, doc=raw)
             except Exception as e:  # a missing field or a Python error inside the expression
                 raise IclEvalError(f"{where}.{name}: example {i}: {type(e).__name__}: {e}; the record's fields are: {', '.join(sorted(raw))}") from None
         out.append(doc)

@@ -92,14 +92,20 @@ def compile_expression(expression: str, where: str):
         raise IclEvalError(f"{where}: not a valid Jinja expression ({e.message}): {expression!r}") from None
 
 
+def call_expression(fn, **variables):
+    """A compiled expression's value; an expression that is just a missing name raises UndefinedError like a
+    template would (compiled expressions hand back the Undefined object instead of failing)."""
+    value = fn(**variables)
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here, naming the missing field
+    return value
+
+
 def eval_expression(task: TaskConfig, key: str, doc: dict, doc_id: int):
     expression = getattr(task, key)
     fn = compile_expression(expression, f"{task.path} ('{key}')")
     try:
-        value = fn(**task.template_vars, **doc, doc=doc, doc_id=doc_id)
-        if isinstance(value, jinja2.Undefined):
-            str(value)  # raises with the undefined name
-        return value
+        return call_expression(fn, **task.template_vars, **doc, doc=doc, doc_id=doc_id)
     except jinja2.UndefinedError as e:
         raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {e.message}; the document's fields are: {', '.join(sorted(doc))}") from None
     except SecurityError as e:

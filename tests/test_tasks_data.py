@@ -111,6 +111,9 @@ def test_choices_and_gold_expressions(tmp_path):
         render(parse_task({**BASE_MC, "choices": "[sol1, sol2]", "gold": "5"}, str(tmp_path / "t.yaml")), {"query": "Q", "sol1": "a", "sol2": "b"}, 0)
     with pytest.raises(IclEvalError, match=r"must give a non-empty list of strings"):
         render(parse_task({**BASE_MC, "choices": "sol1"}, str(tmp_path / "t.yaml")), {"query": "Q", "sol1": "a", "gold": 0}, 0)
+    # A bare missing name is an error naming the field, not an Undefined object passed along as a choice list.
+    with pytest.raises(IclEvalError, match=r"\('choices: endings'\), doc 0: 'endings' is undefined; the document's fields are: query, sol1"):
+        render(parse_task({**BASE_MC, "choices": "endings"}, str(tmp_path / "t.yaml")), {"query": "Q", "sol1": "a"}, 0)
 
 
 @pytest.mark.parametrize("kind", generators.UNSCRAMBLE_KINDS)
