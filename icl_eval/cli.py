@@ -6,11 +6,13 @@ import argparse
 import dataclasses
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
 
 from icl_eval import distributed
+from icl_eval.fewshot import FEWSHOT_MODES
 from icl_eval.errors import IclEvalError
 
 # Subcommands that live in their own packages; each module exposes register(subparsers) and run_command(args).
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
     run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
     run.add_argument(
-        "--fewshot-mode", default="per_example", choices=["per_example", "fixed"],
+        "--fewshot-mode", default="per_example", choices=FEWSHOT_MODES,
         help="per_example: the paper's fresh draw for every example (default); fixed: one seeded set per task and K, its prefix encoded once",
     )
     run.add_argument("--limit", type=int, default=None, help="evaluate a seeded random subset of N examples per task")
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("task")
     prompt.add_argument("--shots", type=int, default=0)
     prompt.add_argument("--index", type=int, default=0, help="doc id of the example")
-    prompt.add_argument("--fewshot-mode", default="per_example", choices=["per_example", "fixed"])
+    prompt.add_argument("--fewshot-mode", default="per_example", choices=FEWSHOT_MODES)
     _add_task_options(prompt)
 
     validate = sub.add_parser("validate", help="check a task YAML file and render one prompt")
@@ -189,6 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if cache is not None:
             cache.close()
     if rank != 0:
+        shutil.rmtree(writer.dir.parent, ignore_errors=True)  # its copy of the results; the first process wrote them
         return 0
     if cache is not None:
         counts = [c for info in result.tasks.values() for c in info.get("cache", {}).values()]
