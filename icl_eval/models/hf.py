@@ -70,6 +70,7 @@ class HFModel:
         self.max_rows = None if batch_size == "auto" else int(batch_size)
         self.token_budget = self._auto_token_budget() if batch_size == "auto" else None
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never attended to: any id works
         self.adds_bos = self._tokenizer_adds_bos()
         self._split_head = self._head_matches_full_forward()
 
@@ -320,12 +321,8 @@ class HFModel:
 
     @torch.no_grad()
     def _score_against_prefix(self, prefix_cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]]) -> list[tuple[float, bool, bool]]:
-        width = max(len(s) for _, s, _ in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        for b, (_, s, _) in enumerate(rows):  # right padding after the shared prefix: no mask needed (see _score_batch)
-            ids[b, : len(s)] = torch.tensor(s)
-        positions = torch.arange(n_prefix, n_prefix + width)[None].expand(len(rows), -1)
+        ids = self._right_padded([s for _, s, _ in rows])  # after the shared prefix
+        positions = torch.arange(n_prefix, n_prefix + ids.shape[1])[None].expand(len(rows), -1)
         self.tokens_forwarded += sum(len(s) for _, s, _ in rows)
         cache = copy.deepcopy(prefix_cache)  # each batch extends its own copy; the prefix stays reusable
         cache.batch_repeat_interleave(len(rows))
@@ -361,19 +358,22 @@ class HFModel:
             start = end
         return out
 
+    def _right_padded(self, rows: Sequence[list[int]]) -> torch.Tensor:
+        """Token rows as one tensor, padded on the right: real tokens keep positions 0..n-1 and, under the causal
+        mask alone, never see a pad (whose outputs are never read), so no attention mask is needed."""
+        ids = torch.full((len(rows), max(len(x) for x in rows)), self.pad_id, dtype=torch.long)
+        for b, x in enumerate(rows):
+            ids[b, : len(x)] = torch.tensor(x)
+        return ids
+
     @torch.no_grad()
     def _score_batch(self, rows: list[Encoded]) -> list[tuple[float, bool, bool]]:
         """(sum log-prob, is_greedy, finite) per row; log-softmax only at continuation positions."""
         inputs = [self._model_input(r) for r in rows]
-        width = max(len(x) for x in inputs)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        for b, x in enumerate(inputs):  # right padding: real tokens keep positions 0..n-1
-            ids[b, : len(x)] = torch.tensor(x)
+        ids = self._right_padded(inputs)
         self.tokens_forwarded += sum(len(x) for x in inputs)
         spans = [(b, len(x) - len(r.continuation), r.continuation) for b, (x, r) in enumerate(zip(inputs, rows))]
-        # No attention mask: with right padding the causal mask alone keeps every real token from seeing a
-        # pad, and the pads' outputs are never read. Without a mask, attention takes its fused causal path.
+        # No attention mask (see _right_padded): attention takes its fused causal path.
         return self._score_positions(dict(input_ids=ids.to(self.device)), spans)
 
     # --- greedy generation ---------------------------------------------------------------
@@ -470,8 +470,7 @@ class HFModel:
     def _prefill(self, prompts: list[list[int]]):
         """(cache, mask, last position, first generated token) for left-padded prompts."""
         width = max(len(x) for x in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for b, x in enumerate(prompts):
             ids[b, width - len(x) :] = torch.tensor(x)
