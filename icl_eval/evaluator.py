@@ -109,16 +109,33 @@ def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Mode
     query = prep.example(doc_id)
     demos = [prep.example(i, from_pool=True) for i in ids]
     description = description_for(task, k)
-    dropped = 0
-    while True:
+
+    def pairs_after_dropping(n: int) -> list[tuple[str, str]]:
         # assemble() with an empty query is everything before the query: description and demonstrations.
-        prefix = assemble(description, demos, "", task.fewshot_delimiter, task.target_delimiter)
-        pairs = request_pairs(task, prefix, query, k)
-        longest = max(pairs, key=lambda pair: len(pair[0]) + len(pair[1]))
-        if not demos or _fits(model, *longest, extra_tokens):
-            break
-        demos = demos[1:]
-        dropped += 1
+        prefix = assemble(description, demos[n:], "", task.fewshot_delimiter, task.target_delimiter)
+        return request_pairs(task, prefix, query, k)
+
+    def fits(n: int) -> bool:
+        if n == len(demos):
+            return True  # no demonstrations left to drop: the backend left-truncates if it must
+        longest = max(pairs_after_dropping(n), key=lambda pair: len(pair[0]) + len(pair[1]))
+        return _fits(model, *longest, extra_tokens)
+
+    # The fewest front demonstrations to drop. Dropping more only shortens the prompt, so bisect: a 32-shot
+    # prompt far over the context costs ~6 tokenizations instead of one per dropped demonstration.
+    low, high = 0, len(demos)
+    if fits(0):
+        high = 0  # the usual case: the whole prompt fits
+    else:
+        low = 1
+    while low < high:
+        mid = (low + high) // 2
+        if fits(mid):
+            high = mid
+        else:
+            low = mid + 1
+    dropped = low
+    pairs = pairs_after_dropping(dropped)
     if task.output_type == "multiple_choice":
         context, target = pairs[query.gold]
     else:
