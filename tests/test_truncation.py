@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conftest import make_hf_model
 from icl_eval.evaluator import Settings, build_prompt, prepare, score_task
+from icl_eval.prompts import assemble, description_for
 from icl_eval.registry import load_task
 
 
@@ -19,6 +20,12 @@ def test_demonstrations_drop_from_the_front(gpt2_tokenizer):
     assert fitted.fewshot_ids == full.fewshot_ids[fitted.demos_dropped:]
     assert full.context.endswith(fitted.context)
     assert hf.count_tokens(fitted.context) + hf.count_tokens(fitted.target) <= hf.max_length + 1
+    # And no more than needed: keeping the last demonstration dropped would not fit.
+    task = prep.task
+    one_more = [prep.example(i, from_pool=True) for i in full.fewshot_ids[fitted.demos_dropped - 1 :]]
+    longer = assemble(description_for(task, 8), one_more, prep.example(fitted.doc_id).input, task.fewshot_delimiter, task.target_delimiter)
+    assert full.context.endswith(longer)
+    assert hf.count_tokens(longer) + hf.count_tokens(fitted.target) > hf.max_length + 1
 
 
 def test_truncation_counts_reach_the_results(gpt2_tokenizer):
