@@ -100,14 +100,3 @@ class RunWriter:
         atomic_write(self.results_path, json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
         return self.results_path
 
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "results.json"
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IclEvalError(f"{p}: no results file there; give a run folder or its results.json") from None
-    except json.JSONDecodeError as e:
-        raise IclEvalError(f"{p}:{e.lineno}: not valid JSON ({e.msg})") from None
