@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import IO
 
 from icl_eval.errors import IclEvalError
@@ -151,8 +153,8 @@ def _blocks(raw: IO[bytes], compression: str) -> Iterator[bytes | _Corrupt]:
         yield block
 
 
-def _lines(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) pairs; a line broken by corruption is dropped, not half-read."""
+def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, list[bytes]]]:
+    """(number of the first line, lines) per block read; a line broken by corruption is dropped, not half-read."""
     tail = b""
     lineno = 0
     for block in _blocks(raw, compression):
@@ -162,15 +164,71 @@ def _lines(raw: IO[bytes], compression: str, where: str, problems: Problems) -> 
             continue
         lines = (tail + block).split(b"\n")
         tail = lines.pop()
-        for line in lines:
-            lineno += 1
-            yield lineno, line
+        if lines:
+            yield lineno + 1, lines
+            lineno += len(lines)
     if tail:
-        yield lineno + 1, tail
+        yield lineno + 1, [tail]
 
 
-def read_documents(shard: Shard, text_field: str, problems: Problems) -> Iterator[tuple[str, str]]:
-    """(document id, text) for every document of one file; the id is `file:line` (or `file#row` for parquet)."""
+@dataclass
+class DocBatch:
+    """Documents read together, with where each came from; ids are spelled out only for the few that match."""
+
+    url: str
+    texts: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # line (or parquet row) number of each document
+    row_sep: str = ":"
+
+    def doc_id(self, i: int) -> str:
+        return f"{self.url}{self.row_sep}{self.lines[i]}"
+
+
+def _jsonl_one_by_one(lines: list[bytes], first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
+    for lineno, line in enumerate(lines, first):
+        if not line.strip():
+            continue
+        try:
+            doc = _loads(line)
+        except _JSONError as e:
+            problems.add("bad_json_lines", f"{out.url}:{lineno}", f"not valid JSON ({str(e)[:80]})")
+            continue
+        text = doc.get(text_field) if isinstance(doc, dict) else None
+        if not isinstance(text, str):
+            problems.add("missing_text_field", f"{out.url}:{lineno}", f"no string field '{text_field}' (set --text-field)")
+            continue
+        out.texts.append(text)
+        out.lines.append(lineno)
+
+
+def _jsonl_block(lines: list[bytes], first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
+    """A block of JSON lines parsed as one array: one call into the parser instead of one per line.
+
+    Anything unusual in the block (a bad or blank line, a missing field) sends it through the line-by-line
+    reader, which reports each problem with its line.
+    """
+    try:
+        docs = _loads(b"[" + b",".join(lines) + b"]")
+        texts = [doc[text_field] for doc in docs]
+    except (*_JSONError, KeyError, TypeError):
+        texts = None
+    if texts is None or len(texts) != len(lines) or set(map(type, texts)) != {str}:
+        _jsonl_one_by_one(lines, first, out, text_field, problems)
+        return
+    out.texts.extend(texts)
+    out.lines.extend(range(first, first + len(lines)))
+
+
+def _text_block(lines: list[bytes], first: int, out: DocBatch) -> None:
+    for lineno, line in enumerate(lines, first):
+        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        if text.strip():
+            out.texts.append(text)
+            out.lines.append(lineno)
+
+
+def _read_blocks(shard: Shard, text_field: str, problems: Problems) -> Iterator[DocBatch]:
+    """The documents of one file, a block at a time."""
     import fsspec
 
     fmt, compression = _split_name(shard.url)
@@ -178,27 +236,39 @@ def read_documents(shard: Shard, text_field: str, problems: Problems) -> Iterato
         if fmt == "parquet":
             yield from _parquet(raw, shard.url, text_field, problems)
             return
-        for lineno, line in _lines(raw, compression, shard.url, problems):
+        for first, lines in _line_blocks(raw, compression, shard.url, problems):
+            out = DocBatch(shard.url)
             if fmt == "text":
-                text = line.decode("utf-8", errors="replace").rstrip("\r")
-                if text.strip():
-                    yield f"{shard.url}:{lineno}", text
-                continue
-            if not line.strip():
-                continue
-            try:
-                doc = _loads(line)
-            except _JSONError as e:
-                problems.add("bad_json_lines", f"{shard.url}:{lineno}", f"not valid JSON ({str(e)[:80]})")
-                continue
-            text = doc.get(text_field) if isinstance(doc, dict) else None
-            if not isinstance(text, str):
-                problems.add("missing_text_field", f"{shard.url}:{lineno}", f"no string field '{text_field}' (set --text-field)")
-                continue
-            yield f"{shard.url}:{lineno}", text
+                _text_block(lines, first, out)
+            else:
+                _jsonl_block(lines, first, out, text_field, problems)
+            yield out
 
 
-def _parquet(raw: IO[bytes], url: str, text_field: str, problems: Problems) -> Iterator[tuple[str, str]]:
+def read_batches(shard: Shard, text_field: str, problems: Problems, batch_chars: int) -> Iterator[DocBatch]:
+    """The documents of one file in batches, each closed by the first document that brings it to batch_chars.
+
+    The document id is `file:line` (or `file#row` for parquet).
+    """
+    pending = DocBatch(shard.url)
+    size = 0  # characters pending
+    for block in _read_blocks(shard, text_field, problems):
+        pending.row_sep = block.row_sep
+        chars = list(accumulate(map(len, block.texts), initial=0))  # chars[i]: of the block's documents < i
+        start = 0
+        while (end := bisect_left(chars, batch_chars - size + chars[start], lo=start + 1)) < len(chars):
+            pending.texts += block.texts[start:end]
+            pending.lines += block.lines[start:end]
+            yield pending
+            pending, size, start = DocBatch(shard.url, row_sep=block.row_sep), 0, end
+        pending.texts += block.texts[start:]
+        pending.lines += block.lines[start:]
+        size += chars[-1] - chars[start]
+    if pending.texts:
+        yield pending
+
+
+def _parquet(raw: IO[bytes], url: str, text_field: str, problems: Problems) -> Iterator[DocBatch]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(raw)
@@ -206,9 +276,12 @@ def _parquet(raw: IO[bytes], url: str, text_field: str, problems: Problems) -> I
         raise IclEvalError(f"{url}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); set --text-field")
     row = 0
     for batch in pf.iter_batches(batch_size=8192, columns=[text_field]):
+        out = DocBatch(url, row_sep="#")
         for text in batch.column(0).to_pylist():
             row += 1
             if isinstance(text, str):
-                yield f"{url}#{row}", text
+                out.texts.append(text)
+                out.lines.append(row)
             else:
                 problems.add("missing_text_field", f"{url}#{row}", f"column '{text_field}' is not text here")
+        yield out

@@ -1,12 +1,12 @@
 """The hashing kernel: 64-bit hashes of every word n-gram in a batch of documents, in numpy.
 
-A batch is its documents joined by a separator, mapped through the normalisation table and reduced to word
-characters only, with the last character of each word flagged. An n-gram is then a contiguous span of that
-stream, and its hash comes straight from a prefix sum:
-    H[k] = sum_{j<k} c[j] * P^j  (mod 2^64),   hash(s, e) = (H[e] - H[s]) * P^-s.
-That is a handful of vectorised passes over the text, with no Python loop over words. Hashes only nominate
-candidates: every hit is confirmed by comparing the n-gram itself (`Batch.key`), so a collision can never
-mark an example dirty.
+A batch is its documents joined by a separator and mapped through the normalisation table, punctuation removed:
+a stream of word characters, spaces and document separators. Hashing takes two prefix sums, one per character
+and one per word, and no Python loop over either:
+    per character (32-bit):  C[k] = sum_{j<k} c[j] * P^j,          word hash w = (C[end] - C[start]) * P^-start
+    per word (64-bit):       W[k] = sum_{i<k} mix(w[i]) * Q^i,     n-gram hash = (W[i+n] - W[i]) * Q^-i
+Hashes only nominate candidates: every hit is confirmed by comparing the n-gram itself (`Batch.key`), so a
+collision can never mark an example dirty.
 """
 
 from __future__ import annotations
@@ -15,57 +15,74 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from icl_eval.contamination.normalise import DOC_SEP, DROP, SEP, nfkc, table
+from icl_eval.contamination.normalise import DOC_SEP, DROP, NEEDS_NFKC, SEP, SPACE, fast_table, nfkc, table
 
-_P = np.uint64(0x9E3779B97F4A7C15)  # odd, so it has an inverse mod 2^64
-_P_INV = np.uint64(pow(int(_P), -1, 2**64))
+_P = 0x9E3779B1  # odd: invertible mod 2^32 and 2^64
+_Q = 0x9E3779B97F4A7C15
 _MIX = np.uint64(0xBF58476D1CE4E5B9)
-_WORD_END = np.uint64(1 << 16)  # added to a word's last character: "ab c" and "a bc" hash apart
-_powers = np.ones(1, dtype=np.uint64)
-_inv_powers = np.ones(1, dtype=np.uint64)
 
 
-def _power_tables(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P^k and P^-k for k < n, grown by doubling and kept for the process: batches reuse them."""
-    global _powers, _inv_powers
-    if len(_powers) < n:
-        size = max(n, 2 * len(_powers))
-        with np.errstate(over="ignore"):
-            _powers = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, _P, dtype=np.uint64)]), dtype=np.uint64)
-            _inv_powers = np.cumprod(np.concatenate([[np.uint64(1)], np.full(size - 1, _P_INV, dtype=np.uint64)]), dtype=np.uint64)
-    return _powers[:n], _inv_powers[:n]
+class _Powers:
+    """x^k and x^-k for k < n in one unsigned dtype, grown by doubling and kept for the process."""
+
+    def __init__(self, x: int, dtype: type) -> None:
+        self.x, self.dtype = x, dtype
+        self.up = self.down = np.ones(1, dtype=dtype)
+
+    def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.up) < n:
+            size = max(n, 2 * len(self.up))
+            bits = np.dtype(self.dtype).itemsize * 8
+            with np.errstate(over="ignore"):
+                for name, x in (("up", self.x), ("down", pow(self.x, -1, 2**bits))):
+                    steps = np.full(size, x, dtype=self.dtype)
+                    steps[0] = 1
+                    setattr(self, name, np.cumprod(steps, dtype=self.dtype))
+        return self.up[:n], self.down[:n]
+
+
+_char_powers = _Powers(_P, np.uint32)
+_word_powers = _Powers(_Q, np.uint64)
 
 
 @dataclass
 class Batch:
-    """Normalised documents: the word characters of all words back to back, and each word's span and document."""
+    """Normalised documents: one stream of code units, and each word's span in it."""
 
-    data: np.ndarray  # uint16 lowercase word characters, no separators
-    starts: np.ndarray  # int64 per word, into data
+    units: np.ndarray  # uint16: word characters, SPACE between words, SEP between documents
+    starts: np.ndarray  # int64 per word, into units
     ends: np.ndarray
-    doc: np.ndarray  # int64 per word: index of its document in the batch (non-decreasing)
+    seps: np.ndarray  # int64: where each SEP is
     n_docs: int
-    _bounds: np.ndarray | None = field(default=None, repr=False)
+    _doc: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def doc(self) -> np.ndarray:
+        """Per word, the index of its document in the batch (non-decreasing)."""
+        if self._doc is None:
+            self._doc = self.docs_of(np.arange(len(self.starts)))
+        return self._doc
+
+    def docs_of(self, words: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.seps, self.starts[words])
 
     def key(self, i: int, length: int) -> bytes:
         """The n-gram of `length` words from word i, exactly, as bytes: its word lengths, then its characters."""
-        s, e = self.starts[i], self.ends[i + length - 1]
-        ends = (self.ends[i:i + length] - s).astype("<i4")
-        return np.int32(length).astype("<i4").tobytes() + ends.tobytes() + self.data[s:e].astype("<u2").tobytes()
+        span = self.units[self.starts[i]:self.ends[i + length - 1]]
+        ends = np.cumsum(self.ends[i:i + length] - self.starts[i:i + length]).astype("<i4")
+        return np.int32(length).astype("<i4").tobytes() + ends.tobytes() + span[span > SPACE].astype("<u2").tobytes()
 
     def text(self, lo: int, hi: int) -> str:
-        """Words lo..hi-1 as normalised text."""
+        """Words lo..hi-1 (of one document) as normalised text."""
         if hi <= lo:
             return ""
-        base = self.starts[lo]
-        chars = np.insert(self.data[base:self.ends[hi - 1]], self.starts[lo + 1:hi] - base, np.uint16(32))
-        return chars.astype("<u2").tobytes().decode("utf-16-le")
+        span = self.units[self.starts[lo]:self.ends[hi - 1]]
+        return " ".join(span.astype("<u2").tobytes().decode("utf-16-le").split())
 
     def doc_words(self, doc: int) -> tuple[int, int]:
         """The range of word indices of one document."""
-        if self._bounds is None:
-            self._bounds = np.searchsorted(self.doc, np.arange(self.n_docs + 1))
-        return int(self._bounds[doc]), int(self._bounds[doc + 1])
+        bounds = np.searchsorted(self.starts, [self.seps[doc - 1] if doc else 0, self.seps[doc] if doc < len(self.seps) else len(self.units)])
+        return int(bounds[0]), int(bounds[1])
 
     def words(self, doc: int) -> list[str]:
         lo, hi = self.doc_words(doc)
@@ -85,58 +102,82 @@ def key_length(key: bytes) -> int:
     return int(np.frombuffer(key[:4], dtype="<i4")[0])
 
 
+def _units(text: str, lookup: np.ndarray) -> np.ndarray:
+    # "clip" never clips (a code unit is below 2^16, the table's length); it only skips the bounds check.
+    return np.take(lookup, np.frombuffer(text.encode("utf-16-le"), dtype=np.uint16), mode="clip")
+
+
+def _renormalise(units: np.ndarray, texts: list[str]) -> np.ndarray:
+    """Put the documents that hold a NEEDS_NFKC character through NFKC and the plain table; the rest stay."""
+    seps = np.flatnonzero(units == SEP)
+    docs = np.unique(np.searchsorted(seps, np.flatnonzero(units == NEEDS_NFKC)))
+    bounds = np.concatenate([[-1], seps, [len(units)]])
+    pieces, done = [], 0
+    for d in docs.tolist():
+        pieces += [units[done:bounds[d] + 1], _units(nfkc(texts[d]), table())]
+        done = bounds[d + 1]
+    pieces.append(units[done:])
+    return np.concatenate(pieces)
+
+
 def normalise_batch(texts: list[str]) -> Batch:
     """Normalise and concatenate documents; a document's words never join another's."""
-    joined = DOC_SEP.join(nfkc(t.replace(DOC_SEP, " ") if DOC_SEP in t else t) for t in texts)
-    units = table()[np.frombuffer(joined.encode("utf-16-le"), dtype=np.uint16)]
+    joined = DOC_SEP.join(texts)
+    units = _units(joined, fast_table())
+    if not joined.isascii() and (units == NEEDS_NFKC).any():
+        units = _renormalise(units, texts)
     units = units[units != DROP]  # punctuation inside a word joins its halves: "don't" -> "dont"
-    is_word = (units - np.uint16(DROP)) > 2  # not DROP, SPACE or SEP (wraps below DROP)
-    edges = np.diff(is_word.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-    word_starts = np.flatnonzero(edges == 1)
-    word_ends = np.flatnonzero(edges == -1)
-    # Documents are few next to words: count each one's words and repeat its index.
-    first_words = np.searchsorted(word_starts, np.flatnonzero(units == SEP))
-    per_doc = np.diff(first_words, prepend=0, append=len(word_starts))
-    doc = np.repeat(np.arange(len(texts), dtype=np.int64), per_doc)
-    lengths = word_ends - word_starts
-    ends = np.cumsum(lengths)
-    return Batch(units[is_word], ends - lengths, ends, doc, len(texts))
+    seps = np.flatnonzero(units == SEP)
+    if len(seps) != len(texts) - 1:  # a document holds the separator character itself: it counts as a space
+        return normalise_batch([t.replace(DOC_SEP, " ") for t in texts])
+    is_word = np.zeros(len(units) + 2, dtype=bool)
+    np.greater(units, SPACE, out=is_word[1:-1])
+    edges = np.flatnonzero(is_word[1:] != is_word[:-1])  # alternately a word's start and its end
+    return Batch(units, edges[0::2], edges[1::2], seps, len(texts))
 
 
-def _mix(h: np.ndarray) -> np.ndarray:
-    # The polynomial's low bits are weak; a multiply-xorshift spreads every input bit over the word.
+def word_hashes(batch: Batch) -> np.ndarray:
+    """uint64 per word, from its characters only."""
+    n = len(batch.units)
+    powers, inv_powers = _char_powers(n)
+    prefix = np.zeros(n + 1, dtype=np.uint32)
     with np.errstate(over="ignore"):
-        h = h ^ (h >> np.uint64(31))
-        h = h * _MIX
-        return h ^ (h >> np.uint64(29))
+        np.multiply(batch.units, powers, out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
+        h = ((prefix[batch.ends] - prefix[batch.starts]) * inv_powers[batch.starts]).astype(np.uint64)
+        # The polynomial's low bits are weak; a multiply-xorshift spreads the word's hash over 64 bits.
+        h *= _MIX
+        h ^= h >> np.uint64(29)
+    return h
 
 
 def prefix_hashes(batch: Batch) -> np.ndarray:
-    powers, _ = _power_tables(len(batch.data))
-    prefix = np.zeros(len(batch.data) + 1, dtype=np.uint64)
-    terms = prefix[1:]
-    last = batch.ends - 1
+    """W[k] = sum_{i<k} word_hash[i] * Q^i, the per-word prefix every n-gram hash is read from."""
+    h = word_hashes(batch)
+    powers, _ = _word_powers(len(h))
+    prefix = np.zeros(len(h) + 1, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        np.multiply(batch.data, powers, out=terms)  # widened to uint64 on the fly, no separate copy
-        terms[last] += _WORD_END * powers[last]
-        np.cumsum(terms, out=terms)
+        np.multiply(h, powers, out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
     return prefix
+
+
+def all_gram_hashes(prefix: np.ndarray, length: int) -> np.ndarray:
+    """The hash of the n-gram of `length` words at every word position, documents ignored (see Batch.docs_of)."""
+    m = len(prefix) - length
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    _, inv_powers = _word_powers(m)
+    with np.errstate(over="ignore"):
+        return (prefix[length:] - prefix[:m]) * inv_powers
 
 
 def gram_hashes(batch: Batch, length: int, prefix: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(first word index, hash) of every n-gram of `length` words that lies inside one document."""
-    n_words = len(batch.starts)
-    if n_words < length:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.uint64)
-    if prefix is None:
-        prefix = prefix_hashes(batch)
-    _, inv_powers = _power_tables(len(batch.data))
-    first = np.flatnonzero(batch.doc[: n_words - length + 1] == batch.doc[length - 1:])
-    s = batch.starts[first]
-    e = batch.ends[first + length - 1]
-    with np.errstate(over="ignore"):
-        h = (prefix[e] - prefix[s]) * inv_powers[s]
-    return first, _mix(h)
+    h = all_gram_hashes(prefix_hashes(batch) if prefix is None else prefix, length)
+    doc = batch.doc
+    first = np.flatnonzero(doc[: len(h)] == doc[length - 1:])
+    return first, h[first]
 
 
 def hash_text(words: list[str]) -> int:

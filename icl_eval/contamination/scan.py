@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icl_eval.contamination.corpus import Problems, Shard, read_documents
+from icl_eval.contamination.corpus import DocBatch, Problems, Shard, read_batches
 from icl_eval.contamination.index import GramTable
-from icl_eval.contamination.ngrams import Batch, gram_hashes, normalise_batch, prefix_hashes
+from icl_eval.contamination.ngrams import Batch, all_gram_hashes, normalise_batch, prefix_hashes
 
 SNIPPET_CONTEXT_WORDS = 6
 SNIPPETS_PER_GRAM = 3
@@ -42,8 +42,8 @@ class _ShardHits:
             self.full[gid] = True
 
 
-def _snippet(batch: Batch, w: int, length: int) -> str:
-    lo, hi = batch.doc_words(int(batch.doc[w]))
+def _snippet(batch: Batch, doc: int, w: int, length: int) -> str:
+    lo, hi = batch.doc_words(doc)
     a, b = max(lo, w - SNIPPET_CONTEXT_WORDS), min(hi, w + length + SNIPPET_CONTEXT_WORDS)
     text = f"{batch.text(a, w)} [{batch.text(w, w + length)}] {batch.text(w + length, b)}".strip()
     return ("… " if a > lo else "") + text + (" …" if b < hi else "")
@@ -55,27 +55,28 @@ class _Snippets:
     def __init__(self) -> None:
         self.last: dict[int, tuple[int, str]] = {}
 
-    def get(self, batch: Batch, w: int, length: int) -> str:
-        doc = int(batch.doc[w])
+    def get(self, batch: Batch, doc: int, w: int, length: int) -> str:
         if doc in self.last and abs(self.last[doc][0] - w) <= SNIPPET_CONTEXT_WORDS:
             return self.last[doc][1]
-        text = _snippet(batch, w, length)
+        text = _snippet(batch, doc, w, length)
         self.last[doc] = (w, text)
         return text
 
 
-def _scan_batch(table: GramTable, texts: list[str], ids: list[str], hits: _ShardHits) -> None:
-    batch = normalise_batch(texts)
+def _scan_batch(table: GramTable, docs_in: DocBatch, hits: _ShardHits) -> None:
+    batch = normalise_batch(docs_in.texts)
     snippets = _Snippets()
     prefix = prefix_hashes(batch)
     for length in table.lengths:
-        first, h = gram_hashes(batch, length, prefix)
-        keep = table.candidates(h)
-        first, h = first[keep], h[keep]
+        h = all_gram_hashes(prefix, length)
+        first = table.candidates(h)
+        h = h[first]
         lo = np.searchsorted(table.hashes, h, side="left")
         hi = np.searchsorted(table.hashes, h, side="right")
         found = hi > lo
         first, lo, hi = first[found], lo[found], hi[found]
+        inside = batch.docs_of(first) == batch.docs_of(first + length - 1)  # not across two documents
+        first, lo, hi = first[inside], lo[inside], hi[inside]
         # Two grams can share a hash: take every (position, gram) pair, usually one per position.
         pos, gid = [first], [table.gram_ids[lo]]
         for extra in range(1, int((hi - lo).max(initial=1))):
@@ -88,12 +89,13 @@ def _scan_batch(table: GramTable, texts: list[str], ids: list[str], hits: _Shard
         if not len(pos):
             continue
         # One confirmation per (gram, document): the first occurrence in the document.
-        _, first_of_pair = np.unique(gid * batch.n_docs + batch.doc[pos], return_index=True)
+        docs = batch.docs_of(pos)
+        _, first_of_pair = np.unique(gid * batch.n_docs + docs, return_index=True)
         for k in np.sort(first_of_pair).tolist():
-            w, g = int(pos[k]), int(gid[k])
+            w, g, d = int(pos[k]), int(gid[k]), int(docs[k])
             if hits.full[g] or batch.key(w, length) != table.texts[g]:
                 continue  # enough documents already, or a hash collision: the text decides
-            hits.add(g, ids[int(batch.doc[w])], lambda: snippets.get(batch, w, length))
+            hits.add(g, docs_in.doc_id(d), lambda: snippets.get(batch, d, w, length))
 
 
 def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
@@ -101,20 +103,10 @@ def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     problems = Problems()
     hits = _ShardHits(len(table.texts), options.boilerplate + 1)
-    texts: list[str] = []
-    ids: list[str] = []
-    pending = n_docs = n_chars = 0
-    for doc_id, text in read_documents(shard, options.text_field, problems):
-        texts.append(text)
-        ids.append(doc_id)
-        pending += len(text)
-        if pending >= options.batch_chars:
-            _scan_batch(table, texts, ids, hits)
-            n_docs, n_chars = n_docs + len(texts), n_chars + pending
-            texts, ids, pending = [], [], 0
-    if texts:
-        _scan_batch(table, texts, ids, hits)
-        n_docs, n_chars = n_docs + len(texts), n_chars + pending
+    n_docs = n_chars = 0
+    for docs in read_batches(shard, options.text_field, problems, options.batch_chars):
+        _scan_batch(table, docs, hits)
+        n_docs, n_chars = n_docs + len(docs.texts), n_chars + sum(map(len, docs.texts))
     return {
         "shard": shard.url, "docs": n_docs, "chars": n_chars, "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
