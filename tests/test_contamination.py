@@ -17,7 +17,7 @@ from icl_eval.contamination import engines
 from icl_eval.contamination.cli import check
 from icl_eval.contamination.index import build_index, choose_n
 from icl_eval.contamination.ngrams import gram_hashes, hash_text, normalise_batch
-from icl_eval.contamination.normalise import normalise
+from icl_eval.contamination.normalise import DROP, SPACE, nfkc, normalise, table
 from icl_eval.contamination.rescore import rescore_runs
 from icl_eval.contamination.scan import ScanOptions
 from icl_eval.errors import IclEvalError
@@ -64,6 +64,38 @@ def test_kernel_hashes_equal_text_equally_and_never_crosses_documents():
         for w, value in list(zip(first.tolist(), h.tolist()))[:300]:
             assert value == hash_text(batch.text(w, w + length).split(" "))
     assert [batch.words(d) for d in range(len(docs))] == [normalise(t) for t in docs]
+
+
+def reference_words(text: str) -> list[str]:
+    """The definition, a character at a time: NFKC on every document, then the table (beyond the BMP: removed)."""
+    lookup = table()
+    out = []
+    for ch in nfkc(text.replace("\x00", " ")):
+        v = int(lookup[ord(ch)]) if ord(ch) < 0x10000 else DROP
+        out.append(" " if v == SPACE else "" if v == DROP else chr(v))
+    return "".join(out).split()
+
+
+def test_nfkc_is_skipped_only_where_it_cannot_change_the_words():
+    # Every BMP character between letters, doubled, and after a precomposed letter and a Hangul syllable; no other
+    # character in its document needs NFKC, so a character wrongly let through is caught.
+    chars = [chr(cp) for cp in range(1, 0x10000) if not 0xD800 <= cp < 0xE000]
+    docs = [f"a{c}b {c}{c} é{c} 가{c}" for c in chars]
+    batch = normalise_batch(docs)
+    assert [batch.words(d) for d in range(len(docs))] == [reference_words(t) for t in docs]
+
+
+def test_mixed_unicode_batches_match_per_document_nfkc():
+    pool = list("abcXYZ09 ,.'-_\t\n") + [
+        "é", "e\u0301", "\u0301", "\u0323", "\u0316", "\u1100", "\u1161", "\u11a8", "가", "²", "½", "ﬁ", "Ａ",
+        "\xa0", "…", "\u2009", "\U0001d400", "\U0001f600", "İ", "ß", "Σ", "\x00", "\u0f73", "\u09be", "\u09c7",
+        "ｶ", "\uff9e", "\u212b", "\u0344", "™", "\u3000", "\U00011099\U000110ba",
+    ]
+    rng = random.Random(5)
+    for _ in range(40):
+        docs = ["".join(rng.choices(pool, k=rng.randint(0, 25))) for _ in range(rng.randint(1, 60))]
+        batch = normalise_batch(docs)
+        assert [batch.words(d) for d in range(len(docs))] == [reference_words(t) for t in docs]
 
 
 # --- matching --------------------------------------------------------------------------------------------------

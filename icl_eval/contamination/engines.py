@@ -59,40 +59,13 @@ def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, worker
             # Broadcast once; every partition's task then depends on the same remote copy.
             table_on_workers = dask.delayed(client.scatter(table, broadcast=True))
             bag = db.from_sequence(shards, npartitions=max(1, len(shards)))
-            # Only our own workers get the allocator change: a user's cluster may run other jobs.
-            return bag.map(scan_shard_bag, table_on_workers, options, cluster is not None).compute(scheduler=client)
+            return bag.map(_scan_bag_item, table_on_workers, options).compute(scheduler=client)
     finally:
         if cluster is not None:
             cluster.close()
 
 
-_allocator_tuned = False
-
-
-def _tune_allocator() -> None:
-    """Let glibc reuse freed arrays instead of mapping fresh pages for each batch.
-
-    Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which switches off glibc's adaptive mmap threshold: every array
-    over 128 KB is then a new mmap, and page faults doubled the kernel's CPU time per shard (measured). Raising
-    the thresholds to a few batches' worth restores the ordinary behaviour. Linux/glibc only; elsewhere a no-op.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return
-    _allocator_tuned = True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: batches' arrays (<= 8 MB) come from the heap
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD: keep that heap between batches
-    except (OSError, AttributeError):
-        pass
-
-
-def scan_shard_bag(shard: Shard, table: GramTable, options: ScanOptions, tune_allocator: bool = False) -> dict:
-    if tune_allocator:
-        _tune_allocator()
+def _scan_bag_item(shard: Shard, table: GramTable, options: ScanOptions) -> dict:
     return scan_shard(table, shard, options)
 
 

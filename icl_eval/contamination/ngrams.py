@@ -120,16 +120,23 @@ def _renormalise(units: np.ndarray, texts: list[str]) -> np.ndarray:
     return np.concatenate(pieces)
 
 
+def _with_separators_spaced(texts: list[str]) -> Batch:
+    """A document holds the separator character itself: there it counts as a space."""
+    return normalise_batch([t.replace(DOC_SEP, " ") for t in texts])
+
+
 def normalise_batch(texts: list[str]) -> Batch:
     """Normalise and concatenate documents; a document's words never join another's."""
     joined = DOC_SEP.join(texts)
     units = _units(joined, fast_table())
     if not joined.isascii() and (units == NEEDS_NFKC).any():
+        if joined.count(DOC_SEP) != len(texts) - 1:
+            return _with_separators_spaced(texts)
         units = _renormalise(units, texts)
     units = units[units != DROP]  # punctuation inside a word joins its halves: "don't" -> "dont"
     seps = np.flatnonzero(units == SEP)
-    if len(seps) != len(texts) - 1:  # a document holds the separator character itself: it counts as a space
-        return normalise_batch([t.replace(DOC_SEP, " ") for t in texts])
+    if len(seps) != len(texts) - 1:
+        return _with_separators_spaced(texts)
     is_word = np.zeros(len(units) + 2, dtype=bool)
     np.greater(units, SPACE, out=is_word[1:-1])
     edges = np.flatnonzero(is_word[1:] != is_word[:-1])  # alternately a word's start and its end

@@ -48,9 +48,13 @@ def table() -> np.ndarray:
 
 
 def _composes_after() -> set[int]:
-    """Characters NFKC may merge into the one before them (Unicode's NFKC_QC=Maybe, over-approximated)."""
+    """BMP characters NFKC may merge into the one before them (Unicode's NFKC_QC=Maybe, over-approximated).
+
+    Only BMP compositions are searched: a character beyond the BMP is a surrogate pair here, always NEEDS_NFKC,
+    so a composition that starts there sends its document through NFKC anyway.
+    """
     found = set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul vowel and final jamo
-    for cp in range(0x110000):
+    for cp in range(N_BMP):
         d = unicodedata.decomposition(chr(cp))
         if d and not d.startswith("<"):
             found.update(int(part, 16) for part in d.split()[1:])

@@ -23,6 +23,8 @@ def _longest_run(found: list[bool], length: int) -> int:
 
 def example_entry(ex: IndexedExample, n: int, refs: dict[int, list], boilerplate: int) -> dict[str, Any]:
     length = min(n, ex.n_words)
+    if refs.keys().isdisjoint(ex.grams):  # most examples: nothing matched, no set building needed
+        return _entry(ex, n, dirty=False, found=0.0, longest=0, docs={}, ignored=0, shown=[])
     usable = {g for g in ex.grams if 0 < len(refs.get(g, ())) <= boilerplate}
     found = [g in usable for g in ex.grams]
     docs: dict[str, str | None] = {}
@@ -32,14 +34,20 @@ def example_entry(ex: IndexedExample, n: int, refs: dict[int, list], boilerplate
                 docs[doc_id] = snippet
     ignored = sum(1 for g in set(ex.grams) if len(refs.get(g, ())) > boilerplate)
     shown = sorted(docs, key=lambda d: docs[d] is None)[:DOCS_SHOWN]
+    return _entry(ex, n, dirty=bool(usable), found=(sum(found) / len(found)) if found else 0.0,
+                  longest=_longest_run(found, length) if found else 0, docs=docs, ignored=ignored, shown=shown)
+
+
+def _entry(ex: IndexedExample, n: int, *, dirty: bool, found: float, longest: int, docs: dict[str, str | None],
+           ignored: int, shown: list[str]) -> dict[str, Any]:
     return {
         "doc_id": ex.doc_id,
-        "dirty": bool(usable),
+        "dirty": dirty,
         "n_words": ex.n_words,
         "matched_whole": ex.n_words < n,
         "ngrams": len(ex.grams),
-        "fraction_found": (sum(found) / len(found)) if found else 0.0,
-        "longest_match_words": _longest_run(found, length) if found else 0,
+        "fraction_found": found,
+        "longest_match_words": longest,
         "documents_matched": len(docs),
         "boilerplate_ngrams_ignored": ignored,
         "documents": [{"id": d, "snippet": docs[d]} for d in shown],

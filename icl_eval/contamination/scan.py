@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from icl_eval.contamination.allocator import roomy_heap
 from icl_eval.contamination.corpus import DocBatch, Problems, Shard, read_batches
 from icl_eval.contamination.index import GramTable
 from icl_eval.contamination.ngrams import Batch, all_gram_hashes, normalise_batch, prefix_hashes
@@ -104,9 +105,10 @@ def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     problems = Problems()
     hits = _ShardHits(len(table.texts), options.boilerplate + 1)
     n_docs = n_chars = 0
-    for docs in read_batches(shard, options.text_field, problems, options.batch_chars):
-        _scan_batch(table, docs, hits)
-        n_docs, n_chars = n_docs + len(docs.texts), n_chars + sum(map(len, docs.texts))
+    with roomy_heap():
+        for docs in read_batches(shard, options.text_field, problems, options.batch_chars):
+            _scan_batch(table, docs, hits)
+            n_docs, n_chars = n_docs + len(docs.texts), n_chars + sum(map(len, docs.texts))
     return {
         "shard": shard.url, "docs": n_docs, "chars": n_chars, "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
