@@ -153,8 +153,11 @@ def _blocks(raw: IO[bytes], compression: str) -> Iterator[bytes | _Corrupt]:
         yield block
 
 
-def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, list[bytes]]]:
-    """(number of the first line, lines) per block read; a line broken by corruption is dropped, not half-read."""
+def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, bytes]]:
+    """(number of the first line, whole lines joined by newlines) per block read.
+
+    A line broken by corruption is dropped, not half-read.
+    """
     tail = b""
     lineno = 0
     for block in _blocks(raw, compression):
@@ -162,13 +165,15 @@ def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problem
             problems.add("corrupt_compressed_data", f"{where}:{lineno + 1}", block.message)
             tail = b""
             continue
-        lines = (tail + block).split(b"\n")
-        tail = lines.pop()
-        if lines:
-            yield lineno + 1, lines
-            lineno += len(lines)
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            tail += block
+            continue
+        lines, tail = tail + block[:cut], block[cut + 1:]
+        yield lineno + 1, lines
+        lineno += lines.count(b"\n") + 1
     if tail:
-        yield lineno + 1, [tail]
+        yield lineno + 1, tail
 
 
 @dataclass
@@ -184,8 +189,8 @@ class DocBatch:
         return f"{self.url}{self.row_sep}{self.lines[i]}"
 
 
-def _jsonl_one_by_one(lines: list[bytes], first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
-    for lineno, line in enumerate(lines, first):
+def _jsonl_one_by_one(lines: bytes, first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
+    for lineno, line in enumerate(lines.split(b"\n"), first):
         if not line.strip():
             continue
         try:
@@ -201,26 +206,27 @@ def _jsonl_one_by_one(lines: list[bytes], first: int, out: DocBatch, text_field:
         out.lines.append(lineno)
 
 
-def _jsonl_block(lines: list[bytes], first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
+def _jsonl_block(lines: bytes, first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
     """A block of JSON lines parsed as one array: one call into the parser instead of one per line.
 
     Anything unusual in the block (a bad or blank line, a missing field) sends it through the line-by-line
     reader, which reports each problem with its line.
     """
     try:
-        docs = _loads(b"[" + b",".join(lines) + b"]")
+        docs = _loads(b"[" + lines.replace(b"\n", b",") + b"]")
         texts = [doc[text_field] for doc in docs]
     except (*_JSONError, KeyError, TypeError):
         texts = None
-    if texts is None or len(texts) != len(lines) or set(map(type, texts)) != {str}:
+    n_lines = lines.count(b"\n") + 1
+    if texts is None or len(texts) != n_lines or set(map(type, texts)) != {str}:
         _jsonl_one_by_one(lines, first, out, text_field, problems)
         return
     out.texts.extend(texts)
-    out.lines.extend(range(first, first + len(lines)))
+    out.lines.extend(range(first, first + n_lines))
 
 
-def _text_block(lines: list[bytes], first: int, out: DocBatch) -> None:
-    for lineno, line in enumerate(lines, first):
+def _text_block(lines: bytes, first: int, out: DocBatch) -> None:
+    for lineno, line in enumerate(lines.split(b"\n"), first):
         text = line.decode("utf-8", errors="replace").rstrip("\r")
         if text.strip():
             out.texts.append(text)

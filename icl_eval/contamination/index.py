@@ -21,14 +21,14 @@ from icl_eval.task_config import TaskConfig
 
 DEFAULT_N = 13
 GPT3_RANGE = (8, 13)
-# Two bit-packed bitmaps, each over 24 bits of the hashes (2 MB, cache-friendly), screen out nearly every corpus
-# n-gram before the binary search, which is the slow step (a cache miss per level for unsorted queries).
-BITMAP_BITS = 24
-BITMAP_SHIFTS = (64 - BITMAP_BITS, 16)  # the top 24 bits, then bits 16..39
+# Bit-packed bitmaps over a few bits of the hashes screen out nearly every corpus n-gram before the binary search,
+# the slow step (a cache miss per level for unsorted queries). The first is small enough to stay in cache while
+# it sees every n-gram; the second, larger and sharper, sees only what the first let through. (bits, shift)
+BITMAPS = ((20, 44), (24, 16))
 
 
-def _bits_at(hashes: np.ndarray, shift: int) -> np.ndarray:
-    return (hashes >> np.uint64(shift)) & np.uint64((1 << BITMAP_BITS) - 1)
+def _bits_at(hashes: np.ndarray, bits: int, shift: int) -> np.ndarray:
+    return (hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
 
 
 @dataclass
@@ -45,14 +45,14 @@ class GramTable:
         """Indices of the hashes that may be in the table (a superset; the binary search decides)."""
         if self._bitmaps is None:
             self._bitmaps = []
-            for shift in BITMAP_SHIFTS:
-                bitmap = np.zeros(1 << BITMAP_BITS, dtype=bool)
-                bitmap[_bits_at(self.hashes, shift)] = True
+            for bits, shift in BITMAPS:
+                bitmap = np.zeros(1 << bits, dtype=bool)
+                bitmap[_bits_at(self.hashes, bits, shift)] = True
                 self._bitmaps.append(np.packbits(bitmap, bitorder="little"))
         idx = None
-        for shift, bitmap in zip(BITMAP_SHIFTS, self._bitmaps):
-            bits = _bits_at(hashes if idx is None else hashes[idx], shift)
-            hit = (bitmap[bits >> np.uint64(3)] >> (bits & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
+        for (bits, shift), bitmap in zip(BITMAPS, self._bitmaps):
+            at = _bits_at(hashes if idx is None else hashes[idx], bits, shift)
+            hit = (bitmap[at >> np.uint64(3)] >> (at & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
             idx = np.flatnonzero(hit) if idx is None else idx[hit.view(bool)]
         return idx
 

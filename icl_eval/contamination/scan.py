@@ -25,7 +25,7 @@ SNIPPETS_PER_GRAM = 3
 class ScanOptions:
     text_field: str = "text"
     boilerplate: int = 10  # a gram found in more documents than this is ignored
-    batch_chars: int = 1 << 20  # documents are hashed together in batches of about this much text (cache-sized)
+    batch_chars: int = 1 << 19  # documents are hashed together in batches of about this much text (cache-sized)
 
 
 class _ShardHits:
