@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import multiprocessing
 import random
 import subprocess
 import sys
@@ -249,7 +250,11 @@ def sharded(tmp_path_factory):
     return index, [str(root / "part*.jsonl")]
 
 
-def test_local_pool_and_single_process_agree(sharded):
+@pytest.mark.parametrize("start", ["spawn", "fork"])
+def test_local_pool_and_single_process_agree(sharded, start, monkeypatch):
+    if start not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {start} on this platform")
+    monkeypatch.setattr(engines, "_start_method", lambda: start)
     index, corpus = sharded
     one = check(index, corpus, ScanOptions(), workers=1).report
     two = check(index, corpus, ScanOptions(), workers=2).report

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
 
 from icl_eval.contamination.corpus import Shard
 from icl_eval.contamination.index import GramTable
+from icl_eval.contamination.normalise import fast_table
 from icl_eval.contamination.scan import ScanOptions, scan_shard
 from icl_eval.errors import IclEvalError
 
@@ -30,12 +35,30 @@ def _scan_in_worker(shard: Shard, options: ScanOptions) -> dict:
     return scan_shard(_worker_table, shard, options)
 
 
+def _start_method() -> str:
+    """fork when it is safe: workers start at once and share the tables already built.
+
+    A parent holding threads (torch, tokenizers, a GPU runtime) must spawn instead: a fork would copy their
+    locks half-held.
+    """
+    if sys.platform == "linux" and threading.active_count() == 1 and not {"torch", "tokenizers"} & sys.modules.keys():
+        return "fork"
+    return "spawn"
+
+
+def warm_up(table: GramTable) -> None:
+    """Build the lookup tables and bitmaps a scan needs (each process does so once, on first use)."""
+    fast_table()
+    table.candidates(np.zeros(0, dtype=np.uint64))
+
+
 def run_local(table: GramTable, shards: list[Shard], options: ScanOptions, workers: int) -> list[dict]:
     workers = max(1, min(workers, len(shards)))
     if workers == 1:
         return [scan_shard(table, s, options) for s in shards]
-    # spawn, not fork: the parent may hold threads (torch, tokenizers) that a fork would copy half-locked.
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context(_start_method())
+    if ctx.get_start_method() == "fork":
+        warm_up(table)  # built once here, shared with every worker
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(table,)) as pool:
         return list(pool.map(_scan_in_worker, shards, [options] * len(shards)))
 
