@@ -62,6 +62,7 @@ def test_kernel_hashes_equal_text_equally_and_never_crosses_documents():
         expected = [(d, i) for d, t in enumerate(docs) for i in range(len(normalise(t)) - length + 1)]
         assert len(first) == len(expected)  # exactly the n-grams inside each document
         assert all(batch.doc[w] == batch.doc[w + length - 1] for w in first.tolist())
+        assert batch.keys(first, length) == [batch.key(w, length) for w in first.tolist()]
         for w, value in list(zip(first.tolist(), h.tolist()))[:300]:
             assert value == hash_text(batch.text(w, w + length).split(" "))
     assert [batch.words(d) for d in range(len(docs))] == [normalise(t) for t in docs]

@@ -27,8 +27,18 @@ GPT3_RANGE = (8, 13)
 BITMAPS = ((20, 44), (24, 16))
 
 
+_BIT = np.array([1 << k for k in range(8)], dtype=np.uint8)
+
+
 def _bits_at(hashes: np.ndarray, bits: int, shift: int) -> np.ndarray:
-    return (hashes >> np.uint64(shift)) & np.uint64((1 << bits) - 1)
+    at = hashes >> np.uint64(shift)
+    if shift + bits < 64:
+        at &= np.uint64((1 << bits) - 1)
+    return at.view(np.int64)  # numpy's index type: taking with it needs no converted copy of the indices
+
+
+def _test_bits(bitmap: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return np.take(bitmap, at >> 3) & np.take(_BIT, at & 7)
 
 
 @dataclass
@@ -51,9 +61,8 @@ class GramTable:
                 self._bitmaps.append(np.packbits(bitmap, bitorder="little"))
         idx = None
         for (bits, shift), bitmap in zip(BITMAPS, self._bitmaps):
-            at = _bits_at(hashes if idx is None else hashes[idx], bits, shift)
-            hit = (bitmap[at >> np.uint64(3)] >> (at & np.uint64(7)).astype(np.uint8)) & np.uint8(1)
-            idx = np.flatnonzero(hit) if idx is None else idx[hit.view(bool)]
+            hit = _test_bits(bitmap, _bits_at(hashes if idx is None else hashes[idx], bits, shift))
+            idx = np.flatnonzero(hit) if idx is None else idx[hit != 0]
         return idx
 
     def __getstate__(self) -> dict:
@@ -61,11 +70,14 @@ class GramTable:
         return {**self.__dict__, "_bitmaps": None}
 
     def fingerprint(self) -> str:
-        """A hash of the set of grams: the same whatever the order of tasks and examples that produced them."""
-        texts = [self.texts[g] for g in self.gram_ids.tolist()]  # in hash order, not insertion order
-        h = hashlib.sha256(f"v{NORMALISATION_VERSION} {self.lengths}".encode())
-        h.update(np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)).tobytes())
-        h.update(b"".join(texts))
+        """The set of grams, whatever the order of the tasks and examples that produced them.
+
+        Read from the sorted 64-bit hashes rather than the texts (a pass over a few hundred thousand small bytes
+        objects in hash order takes a third of a second). Two different eval sets would need the same hash
+        multiset to share a fingerprint; even then `cache.load` only reuses hits whose gram texts it finds.
+        """
+        h = hashlib.sha256(f"v{NORMALISATION_VERSION} {self.lengths} {len(self.texts)}".encode())
+        h.update(self.hashes.astype("<u8").tobytes())
         return h.hexdigest()[:24]
 
 
@@ -126,10 +138,13 @@ def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram
         n = choose_n(ngram, counts.tolist())
         prefix = prefix_hashes(batch)
         first_word = np.concatenate([[0], np.cumsum(counts)])
-        by_length: dict[int, dict[int, int]] = {}  # length -> first word -> hash
+        by_length: dict[int, dict[int, tuple[bytes, int]]] = {}  # length -> first word -> (key, hash)
         for length in sorted({n, *(int(c) for c in counts if 0 < c < n)}):
             starts, h = gram_hashes(batch, length, prefix)
-            by_length[length] = dict(zip(starts.tolist(), h.tolist()))
+            if length < n:  # only the examples of exactly this many words use it, whole
+                pick = np.searchsorted(starts, first_word[:-1][counts == length])
+                starts, h = starts[pick], h[pick]
+            by_length[length] = dict(zip(starts.tolist(), zip(batch.keys(starts, length), h.tolist())))
         examples = []
         for i, (doc_id, _) in enumerate(docs):
             n_words = int(counts[i])
@@ -137,12 +152,12 @@ def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram
             positions = range(first_word[i], first_word[i] + n_words - length + 1) if n_words else range(0)
             ids = []
             for w in positions:
-                text = batch.key(w, length)
+                text, value = by_length[length][w]
                 gid = gram_of.get(text)
                 if gid is None:
                     gid = gram_of[text] = len(texts)
                     texts.append(text)
-                    hashes.append(by_length[length][w])
+                    hashes.append(value)
                 ids.append(gid)
             examples.append(IndexedExample(doc_id, n_words, ids))
         tasks.append(IndexedTask(name, n, fields, examples))
