@@ -79,8 +79,9 @@ def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, worker
             cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
             client = Client(cluster)
         with client:
-            # Broadcast once; every partition's task then depends on the same remote copy.
-            table_on_workers = dask.delayed(client.scatter(table, broadcast=True))
+            # Broadcast once; every partition's task then depends on the same remote copy. hash=False: a random
+            # key, where tokenizing the table to name it took longer than sending it.
+            table_on_workers = dask.delayed(client.scatter(table, broadcast=True, hash=False))
             bag = db.from_sequence(shards, npartitions=max(1, len(shards)))
             return bag.map(_scan_bag_item, table_on_workers, options).compute(scheduler=client)
     finally:
