@@ -1,7 +1,7 @@
 """The scan cache: merged scan results as JSON, keyed by everything that can change them.
 
 The key covers the corpus files' fingerprints, the normalisation version, the n-gram lengths, the eval set's
-hash (every gram's text), the boilerplate threshold and the text field. JSON only: reading a cache entry
+hash (its grams' sorted hashes), the boilerplate threshold and the text field. JSON only: reading a cache entry
 must never run code.
 """
 
