@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from icl_eval.contamination.cli import check  # noqa: E402
+from icl_eval.contamination.engines import local_cluster  # noqa: E402
 from icl_eval.contamination.index import index_tasks  # noqa: E402
 from icl_eval.contamination.scan import ScanOptions  # noqa: E402
 from icl_eval.registry import load_tasks  # noqa: E402
@@ -98,14 +99,18 @@ def python_loop(paths: list[Path], grams: set[str], n: int, limit_bytes: int) ->
     return time.perf_counter() - start, read, hits
 
 
+def parse_spec(spec: str) -> tuple[str, int]:
+    """"dask2" -> ("dask", 2)."""
+    engine = spec.rstrip("0123456789")
+    return engine, int(spec[len(engine):])
+
+
 def timed_scan(index, corpus: list[str], spec: str):
     """One scan with the engine `spec` names (local1, dask2, ...); a Dask cluster is started outside the timing."""
-    engine, workers = spec.rstrip("0123456789"), int(spec.lstrip("abcdefghijklmnopqrstuvwxyz"))
+    engine, workers = parse_spec(spec)
     cluster = scheduler = None
     if engine == "dask":
-        from dask.distributed import LocalCluster
-
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
+        cluster = local_cluster(workers)
         scheduler = cluster.scheduler_address
     try:
         return check(index, corpus, ScanOptions(), engine=engine, workers=workers, scheduler=scheduler)
@@ -150,7 +155,7 @@ def main() -> None:
             runs[spec].append((outcome.seconds, outcome.report["scan"]["cpu_seconds"]))
     rows = []
     for spec in specs:
-        workers = int(spec.lstrip("abcdefghijklmnopqrstuvwxyz"))
+        _, workers = parse_spec(spec)
         dirty = sorted(e["doc_id"] for e in reports[spec]["lambada"]["examples"] if e["dirty"])
         found = len(set(planted) & set(dirty))
         seconds = min(wall for wall, _ in runs[spec])

@@ -266,11 +266,9 @@ def test_local_pool_and_single_process_agree(sharded, start, monkeypatch):
 
 def test_dask_local_cluster_gives_identical_results(sharded):
     pytest.importorskip("dask.distributed")
-    from dask.distributed import LocalCluster
-
     index, corpus = sharded
     local = check(index, corpus, ScanOptions(), workers=1).report
-    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0") as cluster:
+    with engines.local_cluster(2) as cluster:  # 2 real worker processes on loopback
         remote = check(index, corpus, ScanOptions(), engine="dask", scheduler=cluster.scheduler_address).report
     assert remote["tasks"] == local["tasks"]
     assert remote["scan"]["docs"] == local["scan"]["docs"] == 1200

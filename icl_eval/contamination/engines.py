@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from icl_eval.contamination.index import GramTable
 from icl_eval.contamination.normalise import fast_table
 from icl_eval.contamination.scan import ScanOptions, scan_shard
 from icl_eval.errors import IclEvalError
+
+if TYPE_CHECKING:  # dask is imported only when the dask engine runs
+    from dask.distributed import LocalCluster
 
 ENGINES = ("local", "dask")
 
@@ -63,10 +67,17 @@ def run_local(table: GramTable, shards: list[Shard], options: ScanOptions, worke
         return list(pool.map(_scan_in_worker, shards, [options] * len(shards)))
 
 
+def local_cluster(workers: int) -> LocalCluster:
+    """A Dask cluster of single-threaded worker processes on this machine, on loopback only."""
+    from dask.distributed import LocalCluster
+
+    return LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
+
+
 def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, workers: int, scheduler: str | None) -> list[dict]:
     import dask
     import dask.bag as db
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     cluster = None
     try:
@@ -76,7 +87,7 @@ def run_dask(table: GramTable, shards: list[Shard], options: ScanOptions, worker
             except (OSError, TimeoutError) as e:
                 raise IclEvalError(f"--scheduler {scheduler}: cannot connect ({e}); start one with `dask scheduler` or drop --scheduler for a local cluster") from None
         else:
-            cluster = LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=":0")
+            cluster = local_cluster(workers)
             client = Client(cluster)
         with client:
             # Broadcast once; every partition's task then depends on the same remote copy. hash=False: a random
