@@ -262,17 +262,17 @@ def read_batches(shard: Shard, text_field: str, problems: Problems, batch_chars:
 
     The document id is `file:line` (or `file#row` for parquet).
     """
-    pending = DocBatch(shard.url)
+    row_sep = "#" if _split_name(shard.url)[0] == "parquet" else ":"
+    pending = DocBatch(shard.url, row_sep=row_sep)
     size = 0  # characters pending
     for block in _read_blocks(shard, text_field, problems):
-        pending.row_sep = block.row_sep
         chars = list(accumulate(map(len, block.texts), initial=0))  # chars[i]: of the block's documents < i
         start = 0
         while (end := bisect_left(chars, batch_chars - size + chars[start], lo=start + 1)) < len(chars):
             pending.texts += block.texts[start:end]
             pending.lines += block.lines[start:end]
             yield pending
-            pending, size, start = DocBatch(shard.url, row_sep=block.row_sep), 0, end
+            pending, size, start = DocBatch(shard.url, row_sep=row_sep), 0, end
         pending.texts += block.texts[start:]
         pending.lines += block.lines[start:]
         size += chars[-1] - chars[start]

@@ -41,6 +41,7 @@ def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], labe
 
     rows = []
     logs: dict[tuple[str, int], dict | None] = {}
+    dirty_of: dict[str, set[str]] = {}  # task -> its dirty doc ids, spelled as the sample logs key them
     for rec in records:
         task, shots, metric = rec["task"], int(rec["shots"]), rec["metric"]
         if task not in report["tasks"] or metric not in METRICS:
@@ -50,7 +51,9 @@ def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], labe
         items = logs[(task, shots)]
         if items is None:
             continue
-        dirty = {json.dumps(d) for d in dirty_ids(report, task)}
+        if task not in dirty_of:
+            dirty_of[task] = {json.dumps(d) for d in dirty_ids(report, task)}
+        dirty = dirty_of[task]
         subsets: dict[str, list] = {"all": [], "clean": [], "dirty": []}
         for doc, m in items.items():
             if m.get(metric) is None:
