@@ -118,10 +118,15 @@ def _units(text: str, lookup: np.ndarray) -> np.ndarray:
     return np.take(lookup, np.frombuffer(text.encode("utf-16-le"), dtype=np.uint16), mode="clip")
 
 
-def _renormalise(units: np.ndarray, texts: list[str]) -> np.ndarray:
-    """Put the documents that hold a NEEDS_NFKC character through NFKC and the plain table; the rest stay."""
+def _renormalise(units: np.ndarray, needs: np.ndarray, texts: list[str]) -> np.ndarray | None:
+    """Put the documents that hold a NEEDS_NFKC character (at `needs`) through NFKC and the plain table.
+
+    None when a document holds the separator itself: its documents cannot be told apart here.
+    """
     seps = np.flatnonzero(units == SEP)
-    docs = np.unique(np.searchsorted(seps, np.flatnonzero(units == NEEDS_NFKC)))
+    if len(seps) != len(texts) - 1:
+        return None
+    docs = np.unique(np.searchsorted(seps, needs))
     bounds = np.concatenate([[-1], seps, [len(units)]])
     pieces, done = [], 0
     for d in docs.tolist():
@@ -140,10 +145,10 @@ def normalise_batch(texts: list[str]) -> Batch:
     """Normalise and concatenate documents; a document's words never join another's."""
     joined = DOC_SEP.join(texts)
     units = _units(joined, fast_table())
-    if not joined.isascii() and (units == NEEDS_NFKC).any():
-        if joined.count(DOC_SEP) != len(texts) - 1:
+    if not joined.isascii() and len(needs := np.flatnonzero(units == NEEDS_NFKC)):
+        units = _renormalise(units, needs, texts)
+        if units is None:
             return _with_separators_spaced(texts)
-        units = _renormalise(units, texts)
     units = units[units != DROP]  # punctuation inside a word joins its halves: "don't" -> "dont"
     seps = np.flatnonzero(units == SEP)
     if len(seps) != len(texts) - 1:
@@ -158,7 +163,8 @@ def word_hashes(batch: Batch) -> np.ndarray:
     """uint64 per word, from its characters only."""
     n = len(batch.units)
     powers, inv_powers = _char_powers(n)
-    prefix = np.zeros(n + 1, dtype=np.uint32)
+    prefix = np.empty(n + 1, dtype=np.uint32)  # every entry but the first is written below
+    prefix[0] = 0
     with np.errstate(over="ignore"):
         np.multiply(batch.units, powers, out=prefix[1:])
         np.cumsum(prefix[1:], out=prefix[1:])
@@ -173,7 +179,8 @@ def prefix_hashes(batch: Batch) -> np.ndarray:
     """W[k] = sum_{i<k} word_hash[i] * Q^i, the per-word prefix every n-gram hash is read from."""
     h = word_hashes(batch)
     powers, _ = _word_powers(len(h))
-    prefix = np.zeros(len(h) + 1, dtype=np.uint64)
+    prefix = np.empty(len(h) + 1, dtype=np.uint64)
+    prefix[0] = 0
     with np.errstate(over="ignore"):
         np.multiply(h, powers, out=prefix[1:])
         np.cumsum(prefix[1:], out=prefix[1:])
