@@ -159,8 +159,8 @@ def _newlines(data: bytes) -> int:
     return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 10))  # several times bytes.count's speed
 
 
-def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, bytes]]:
-    """(number of the first line, whole lines joined by newlines) per block read.
+def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problems) -> Iterator[tuple[int, int, bytes]]:
+    """(number of the first line, number of lines, whole lines joined by newlines) per block read.
 
     A line broken by corruption is dropped, not half-read.
     """
@@ -176,10 +176,11 @@ def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problem
             tail += block
             continue
         lines, tail = tail + block[:cut], block[cut + 1:]
-        yield lineno + 1, lines
-        lineno += _newlines(lines) + 1
+        count = _newlines(lines) + 1
+        yield lineno + 1, count, lines
+        lineno += count
     if tail:
-        yield lineno + 1, tail
+        yield lineno + 1, _newlines(tail) + 1, tail
 
 
 @dataclass
@@ -190,6 +191,7 @@ class DocBatch:
     texts: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # line (or parquet row) number of each document
     row_sep: str = ":"
+    chars: int = 0  # of all texts together (set by read_batches)
 
     def doc_id(self, i: int) -> str:
         return f"{self.url}{self.row_sep}{self.lines[i]}"
@@ -212,7 +214,7 @@ def _jsonl_one_by_one(lines: bytes, first: int, out: DocBatch, text_field: str, 
         out.lines.append(lineno)
 
 
-def _jsonl_block(lines: bytes, first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
+def _jsonl_block(lines: bytes, first: int, n_lines: int, out: DocBatch, text_field: str, problems: Problems) -> None:
     """A block of JSON lines parsed as one array: one call into the parser instead of one per line.
 
     Anything unusual in the block (a bad or blank line, a missing field) sends it through the line-by-line
@@ -223,7 +225,6 @@ def _jsonl_block(lines: bytes, first: int, out: DocBatch, text_field: str, probl
         texts = [doc[text_field] for doc in docs]
     except (*_JSONError, KeyError, TypeError):
         texts = None
-    n_lines = _newlines(lines) + 1
     if texts is None or len(texts) != n_lines or set(map(type, texts)) != {str}:
         _jsonl_one_by_one(lines, first, out, text_field, problems)
         return
@@ -248,12 +249,12 @@ def _read_blocks(shard: Shard, text_field: str, problems: Problems) -> Iterator[
         if fmt == "parquet":
             yield from _parquet(raw, shard.url, text_field, problems)
             return
-        for first, lines in _line_blocks(raw, compression, shard.url, problems):
+        for first, n_lines, lines in _line_blocks(raw, compression, shard.url, problems):
             out = DocBatch(shard.url)
             if fmt == "text":
                 _text_block(lines, first, out)
             else:
-                _jsonl_block(lines, first, out, text_field, problems)
+                _jsonl_block(lines, first, n_lines, out, text_field, problems)
             yield out
 
 
@@ -271,12 +272,14 @@ def read_batches(shard: Shard, text_field: str, problems: Problems, batch_chars:
         while (end := bisect_left(chars, batch_chars - size + chars[start], lo=start + 1)) < len(chars):
             pending.texts += block.texts[start:end]
             pending.lines += block.lines[start:end]
+            pending.chars = size + chars[end] - chars[start]
             yield pending
             pending, size, start = DocBatch(shard.url, row_sep=row_sep), 0, end
         pending.texts += block.texts[start:]
         pending.lines += block.lines[start:]
         size += chars[-1] - chars[start]
     if pending.texts:
+        pending.chars = size
         yield pending
 
 

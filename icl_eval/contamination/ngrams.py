@@ -67,21 +67,21 @@ class Batch:
         return np.searchsorted(self.seps, self.starts[words])
 
     def key(self, i: int, length: int) -> bytes:
-        """The n-gram of `length` words from word i, exactly, as bytes: its word lengths, then its characters."""
-        span = self.units[self.starts[i]:self.ends[i + length - 1]]
-        ends = np.cumsum(self.ends[i:i + length] - self.starts[i:i + length]).astype("<i4")
-        return np.int32(length).astype("<i4").tobytes() + ends.tobytes() + span[span > SPACE].astype("<u2").tobytes()
+        """The n-gram of `length` words from word i, exactly, as bytes: its length, its word ends, its characters."""
+        return self.keys(np.array([i]), length)[0]
 
     def keys(self, first: np.ndarray, length: int) -> list[bytes]:
-        """`key(i, length)` for every i in `first`, built in bulk (indexing an eval set asks for every position)."""
-        lengths = self.ends - self.starts
-        word_end = np.cumsum(lengths)  # where each word ends among the word characters alone
-        word_start = word_end - lengths
-        chars = self.units[self.units > SPACE].astype("<u2").tobytes()
-        ends = (word_end[first[:, None] + np.arange(length)] - word_start[first][:, None]).astype("<i4").tobytes()
+        """`key(i, length)` for every i in `first`, built together: a scan confirms a batch's hits at once."""
+        words = (first[:, None] + np.arange(length)).ravel()
+        sizes = self.ends[words] - self.starts[words]
+        ends = np.cumsum(sizes.reshape(-1, length), axis=1)  # per key, where each word ends among its characters
+        before = np.cumsum(sizes) - sizes  # characters of the earlier words, all keys together
+        at = np.repeat(self.starts[words] - before, sizes) + np.arange(int(before[-1] + sizes[-1]) if len(words) else 0)
+        chars = self.units[at].astype("<u2").tobytes()
+        bounds = (2 * np.cumsum(ends[:, -1])).tolist() if len(first) else []
         head, step = np.int32(length).astype("<i4").tobytes(), 4 * length
-        spans = zip((2 * word_start[first]).tolist(), (2 * word_end[first + length - 1]).tolist())
-        return [head + ends[k * step:(k + 1) * step] + chars[a:b] for k, (a, b) in enumerate(spans)]
+        heads = ends.astype("<i4").tobytes()
+        return [head + heads[k * step:(k + 1) * step] + chars[a:b] for k, (a, b) in enumerate(zip([0, *bounds], bounds))]
 
     def text(self, lo: int, hi: int) -> str:
         """Words lo..hi-1 (of one document) as normalised text."""

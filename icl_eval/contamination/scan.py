@@ -92,9 +92,10 @@ def _scan_batch(table: GramTable, docs_in: DocBatch, hits: _ShardHits) -> None:
         # One confirmation per (gram, document): the first occurrence in the document.
         docs = batch.docs_of(pos)
         _, first_of_pair = np.unique(gid * batch.n_docs + docs, return_index=True)
-        for k in np.sort(first_of_pair).tolist():
-            w, g, d = int(pos[k]), int(gid[k]), int(docs[k])
-            if hits.full[g] or batch.key(w, length) != table.texts[g]:
+        pairs = np.sort(first_of_pair)
+        pos, gid, docs = pos[pairs], gid[pairs], docs[pairs]
+        for w, g, d, key in zip(pos.tolist(), gid.tolist(), docs.tolist(), batch.keys(pos, length)):
+            if hits.full[g] or key != table.texts[g]:
                 continue  # enough documents already, or a hash collision: the text decides
             hits.add(g, docs_in.doc_id(d), lambda: snippets.get(batch, d, w, length))
 
@@ -108,7 +109,7 @@ def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     with roomy_heap():
         for docs in read_batches(shard, options.text_field, problems, options.batch_chars):
             _scan_batch(table, docs, hits)
-            n_docs, n_chars = n_docs + len(docs.texts), n_chars + sum(map(len, docs.texts))
+            n_docs, n_chars = n_docs + len(docs.texts), n_chars + docs.chars
     return {
         "shard": shard.url, "docs": n_docs, "chars": n_chars, "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
