@@ -14,7 +14,6 @@ from pathlib import Path
 
 from icl_eval.contamination.corpus import Problems, Shard
 from icl_eval.contamination.index import GramTable
-from icl_eval.contamination.ngrams import key_words
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
 from icl_eval.contamination.scan import ScanOptions
 from icl_eval.results import atomic_write
@@ -36,17 +35,13 @@ def scan_key(shards: list[Shard], table: GramTable, options: ScanOptions) -> str
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _text(gram: bytes) -> str:
-    return " ".join(key_words(gram))
-
-
 def load(cache_dir: Path, key: str, table: GramTable) -> tuple[dict[int, list], Problems, dict] | None:
     path = cache_dir / f"{key}.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None  # absent or damaged: scan again
-    gid = {_text(t): i for i, t in enumerate(table.texts)}
+    gid = {t: i for i, t in enumerate(table.texts)}
     try:
         refs = {gid[text]: r for text, r in data["hits"].items()}
         return refs, Problems(data["problems"]["counts"], data["problems"]["examples"]), data["totals"]
@@ -58,7 +53,7 @@ def save(cache_dir: Path, key: str, table: GramTable, refs: dict[int, list], pro
     path = cache_dir / f"{key}.json"
     data = {
         "key": key,
-        "hits": {_text(table.texts[g]): r for g, r in sorted(refs.items())},
+        "hits": {table.texts[g]: r for g, r in sorted(refs.items())},
         "problems": {"counts": problems.counts, "examples": problems.examples},
         "totals": totals,
     }

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from icl_eval.contamination.ngrams import gram_hashes, key_length, normalise_batch, prefix_hashes
+from icl_eval.contamination.ngrams import gram_hashes, normalise_batch, prefix_hashes
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
 from icl_eval.errors import IclEvalError
 from icl_eval.task_config import TaskConfig
@@ -48,7 +48,7 @@ class GramTable:
     lengths: tuple[int, ...]  # the n-gram lengths to hash the corpus at (N, and shorter whole examples)
     hashes: np.ndarray  # uint64, sorted; a hash appears once per gram that has it
     gram_ids: np.ndarray  # int64, parallel to hashes
-    texts: list[bytes]  # per gram: its exact key (ngrams.Batch.key), compared on every hash hit
+    texts: list[str]  # per gram: its normalised words joined by spaces (ngrams.Batch.key), compared on every hash hit
     _bitmaps: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def candidates(self, hashes: np.ndarray) -> np.ndarray:
@@ -66,22 +66,22 @@ class GramTable:
         return idx
 
     def __getstate__(self) -> dict:
-        # The gram texts travel as one buffer and its offsets: a few hundred thousand small bytes objects took
-        # Dask two seconds to scatter. Workers rebuild the bitmaps rather than receive them.
+        # The gram texts travel as one string and its offsets: a few hundred thousand small objects took Dask
+        # two seconds to scatter. Workers rebuild the bitmaps rather than receive them.
         ends = np.cumsum(np.fromiter(map(len, self.texts), dtype=np.int64, count=len(self.texts)))
         return {"lengths": self.lengths, "hashes": self.hashes, "gram_ids": self.gram_ids,
-                "text_ends": ends, "text_data": np.frombuffer(b"".join(self.texts), dtype=np.uint8)}
+                "text_ends": ends, "text_data": "".join(self.texts)}
 
     def __setstate__(self, state: dict) -> None:
-        data, ends = state["text_data"].tobytes(), state["text_ends"].tolist()
+        data, ends = state["text_data"], state["text_ends"].tolist()
         texts = [data[a:b] for a, b in zip([0, *ends[:-1]], ends)]
         self.__init__(state["lengths"], state["hashes"], state["gram_ids"], texts)
 
     def fingerprint(self) -> str:
         """The set of grams, whatever the order of the tasks and examples that produced them.
 
-        Read from the sorted 64-bit hashes rather than the texts (a pass over a few hundred thousand small bytes
-        objects in hash order takes a third of a second). Two different eval sets would need the same hash
+        Read from the sorted 64-bit hashes rather than the texts (a pass over a few hundred thousand small
+        strings in hash order takes a third of a second). Two different eval sets would need the same hash
         multiset to share a fingerprint; even then `cache.load` only reuses hits whose gram texts it finds.
         """
         h = hashlib.sha256(f"v{NORMALISATION_VERSION} {self.lengths} {len(self.texts)}".encode())
@@ -136,8 +136,8 @@ def choose_n(ngram: str, lengths: list[int]) -> int:
 
 def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram: str) -> EvalIndex:
     """Index (task name, fields, [(doc_id, text)]) triples; n-grams that several examples share are one gram."""
-    gram_of: dict[bytes, int] = {}
-    texts: list[bytes] = []
+    gram_of: dict[str, int] = {}
+    texts: list[str] = []
     hashes: list[int] = []
     tasks = []
     for name, fields, docs in named_texts:
@@ -146,7 +146,7 @@ def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram
         n = choose_n(ngram, counts.tolist())
         prefix = prefix_hashes(batch)
         first_word = np.concatenate([[0], np.cumsum(counts)])
-        by_length: dict[int, dict[int, tuple[bytes, int]]] = {}  # length -> first word -> (key, hash)
+        by_length: dict[int, dict[int, tuple[str, int]]] = {}  # length -> first word -> (key, hash)
         for length in sorted({n, *(int(c) for c in counts if 0 < c < n)}):
             starts, h = gram_hashes(batch, length, prefix)
             if length < n:  # only the examples of exactly this many words use it, whole
@@ -169,7 +169,7 @@ def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram
                 ids.append(gid)
             examples.append(IndexedExample(doc_id, n_words, ids))
         tasks.append(IndexedTask(name, n, fields, examples))
-    lengths = tuple(sorted({key_length(t) for t in texts}))
+    lengths = tuple(sorted({t.count(" ") + 1 for t in texts}))
     order = np.argsort(np.asarray(hashes, dtype=np.uint64), kind="stable")
     table = GramTable(lengths, np.asarray(hashes, dtype=np.uint64)[order], order.astype(np.int64), texts)
     return EvalIndex(table, tasks)

@@ -66,22 +66,24 @@ class Batch:
     def docs_of(self, words: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.seps, self.starts[words])
 
-    def key(self, i: int, length: int) -> bytes:
-        """The n-gram of `length` words from word i, exactly, as bytes: its length, its word ends, its characters."""
+    def key(self, i: int, length: int) -> str:
+        """The n-gram of `length` words from word i, exactly: its normalised words joined by single spaces."""
         return self.keys(np.array([i]), length)[0]
 
-    def keys(self, first: np.ndarray, length: int) -> list[bytes]:
+    def keys(self, first: np.ndarray, length: int) -> list[str]:
         """`key(i, length)` for every i in `first`, built together: a scan confirms a batch's hits at once."""
+        if not len(first):
+            return []
         words = (first[:, None] + np.arange(length)).ravel()
-        sizes = self.ends[words] - self.starts[words]
-        ends = np.cumsum(sizes.reshape(-1, length), axis=1)  # per key, where each word ends among its characters
-        before = np.cumsum(sizes) - sizes  # characters of the earlier words, all keys together
-        at = np.repeat(self.starts[words] - before, sizes) + np.arange(int(before[-1] + sizes[-1]) if len(words) else 0)
-        chars = self.units[at].astype("<u2").tobytes()
-        bounds = (2 * np.cumsum(ends[:, -1])).tolist() if len(first) else []
-        head, step = np.int32(length).astype("<i4").tobytes(), 4 * length
-        heads = ends.astype("<i4").tobytes()
-        return [head + heads[k * step:(k + 1) * step] + chars[a:b] for k, (a, b) in enumerate(zip([0, *bounds], bounds))]
+        sizes = self.ends[words] - self.starts[words] + 1  # each word and one space after it
+        before = np.cumsum(sizes) - sizes
+        at = np.repeat(self.starts[words] - before, sizes) + np.arange(int(before[-1] + sizes[-1]))
+        chars = np.take(self.units, at, mode="clip")  # "clip": the batch's last word has nothing after it
+        chars[before + sizes - 1] = SPACE
+        # Units are code points (the table maps no character to a surrogate), so string offsets are unit offsets.
+        text = chars.astype("<u2").tobytes().decode("utf-16-le")
+        bounds = before[::length].tolist() + [len(chars)]
+        return [text[a:b - 1] for a, b in zip(bounds, bounds[1:])]
 
     def text(self, lo: int, hi: int) -> str:
         """Words lo..hi-1 (of one document) as normalised text."""
@@ -98,19 +100,6 @@ class Batch:
     def words(self, doc: int) -> list[str]:
         lo, hi = self.doc_words(doc)
         return self.text(lo, hi).split(" ") if hi > lo else []
-
-
-def key_words(key: bytes) -> list[str]:
-    """The words of an n-gram key (see Batch.key)."""
-    length = int(np.frombuffer(key[:4], dtype="<i4")[0])
-    ends = np.frombuffer(key[4:4 + 4 * length], dtype="<i4")
-    chars = key[4 + 4 * length:]
-    bounds = [0, *ends.tolist()]
-    return [chars[2 * a:2 * b].decode("utf-16-le") for a, b in zip(bounds, bounds[1:])]
-
-
-def key_length(key: bytes) -> int:
-    return int(np.frombuffer(key[:4], dtype="<i4")[0])
 
 
 def _units(text: str, lookup: np.ndarray) -> np.ndarray:
