@@ -107,20 +107,37 @@ def _units(text: str, lookup: np.ndarray) -> np.ndarray:
     return np.take(lookup, np.frombuffer(text.encode("utf-16-le"), dtype=np.uint16), mode="clip")
 
 
-def _renormalise(units: np.ndarray, needs: np.ndarray, texts: list[str]) -> np.ndarray | None:
+def _doc_starts(units: np.ndarray, texts: list[str], n_chars: int) -> np.ndarray | None:
+    """Where each document starts in `units`; None when a document holds the separator itself."""
+    if len(units) == n_chars:  # no surrogate pair: one unit per character, and the lengths say it all
+        sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
+        return np.cumsum(sizes) - sizes
+    seps = np.flatnonzero(units == SEP)
+    return np.concatenate([[0], seps + 1]) if len(seps) == len(texts) - 1 else None
+
+
+def _renormalise(units: np.ndarray, needs: np.ndarray, texts: list[str], n_chars: int) -> np.ndarray | None:
     """Put the documents that hold a NEEDS_NFKC character (at `needs`) through NFKC and the plain table.
 
-    None when a document holds the separator itself: its documents cannot be told apart here.
+    A document whose NFKC form is no longer is rewritten in place, padded with DROP (the caller removes every
+    DROP); only longer ones cost a copy of the batch. None when the documents cannot be told apart.
     """
-    seps = np.flatnonzero(units == SEP)
-    if len(seps) != len(texts) - 1:
+    starts = _doc_starts(units, texts, n_chars)
+    if starts is None:
         return None
-    docs = np.unique(np.searchsorted(seps, needs))
-    bounds = np.concatenate([[-1], seps, [len(units)]])
+    ends = np.append(starts[1:] - 1, len(units))
     pieces, done = [], 0
-    for d in docs.tolist():
-        pieces += [units[done:bounds[d] + 1], _units(nfkc(texts[d]), table())]
-        done = bounds[d + 1]
+    for d in np.unique(np.searchsorted(starts, needs, side="right") - 1).tolist():
+        a, b = int(starts[d]), int(ends[d])
+        new = _units(nfkc(texts[d]), table())
+        if len(new) <= b - a:
+            units[a:a + len(new)] = new
+            units[a + len(new):b] = DROP
+        else:
+            pieces += [units[done:a], new]
+            done = b
+    if not pieces:
+        return units
     pieces.append(units[done:])
     return np.concatenate(pieces)
 
@@ -135,7 +152,7 @@ def normalise_batch(texts: list[str]) -> Batch:
     joined = DOC_SEP.join(texts)
     units = _units(joined, fast_table())
     if not joined.isascii() and len(needs := np.flatnonzero(units == NEEDS_NFKC)):
-        units = _renormalise(units, needs, texts)
+        units = _renormalise(units, needs, texts, len(joined))
         if units is None:
             return _with_separators_spaced(texts)
     units = units[units != DROP]  # punctuation inside a word joins its halves: "don't" -> "dont"
