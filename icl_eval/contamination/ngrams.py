@@ -108,7 +108,11 @@ def _units(text: str, lookup: np.ndarray) -> np.ndarray:
 
 
 def _doc_starts(units: np.ndarray, texts: list[str], n_chars: int) -> np.ndarray | None:
-    """Where each document starts in `units`; None when a document holds the separator itself."""
+    """Where each document starts in `units`; None when that cannot be told (a document holds the separator).
+
+    Without surrogate pairs the texts' lengths give it (a separator inside a document is caught later, when
+    the separators are counted); with them, the separators are found.
+    """
     if len(units) == n_chars:  # no surrogate pair: one unit per character, and the lengths say it all
         sizes = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts)) + 1
         return np.cumsum(sizes) - sizes
