@@ -11,7 +11,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 
-from icl_eval import distributed
 from icl_eval.fewshot import FEWSHOT_MODES
 from icl_eval.errors import IclEvalError
 
@@ -129,6 +128,7 @@ def _remove_if_empty(run_dir) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from icl_eval import distributed  # torch: loaded by the commands that need it, not by `contamination`
     from icl_eval.cache import CachedModel, ResponseCache, code_version, default_path
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.models.hf import HFModel

@@ -264,6 +264,15 @@ def test_local_pool_and_single_process_agree(sharded, start, monkeypatch):
     assert one["tasks"]["t"]["examples"][-1]["boilerplate_ngrams_ignored"] == 1
 
 
+def test_the_command_leaves_torch_unloaded_so_scan_workers_can_fork():
+    # With torch loaded the pool must spawn, and every spawned worker re-imports the command: seconds each.
+    code = "import sys, icl_eval.cli; from icl_eval.contamination import engines; print(engines._start_method(), 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"
+    if sys.platform == "linux":
+        assert out[0] == "fork"
+
+
 def test_dask_local_cluster_gives_identical_results(sharded):
     pytest.importorskip("dask.distributed")
     index, corpus = sharded
