@@ -168,7 +168,7 @@ def test_a_hash_collision_never_marks_an_example_dirty(tmp_path):
     index = build_index([("t", "both", [(0, example)])], "13")
     # Forge a collision: the table claims the corpus n-gram's hash belongs to a gram with other text.
     forged = words(rng, 13)
-    index.table.texts[0] = normalise_batch([forged]).key(0, 13)
+    index.table.texts[0] = normalise_batch([forged]).keys(np.array([0]), 13)[0]
     path = str(write_jsonl(tmp_path / "c.jsonl", [example]))
     report = check(index, [path], ScanOptions(), workers=1).report
     assert not report["tasks"]["t"]["examples"][0]["dirty"]

@@ -179,8 +179,8 @@ def _line_blocks(raw: IO[bytes], compression: str, where: str, problems: Problem
         count = _newlines(lines) + 1
         yield lineno + 1, count, lines
         lineno += count
-    if tail:
-        yield lineno + 1, _newlines(tail) + 1, tail
+    if tail:  # the last line, with no newline after it
+        yield lineno + 1, 1, tail
 
 
 @dataclass
@@ -191,7 +191,6 @@ class DocBatch:
     texts: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # line (or parquet row) number of each document
     row_sep: str = ":"
-    chars: int = 0  # of all texts together (set by read_batches)
 
     def doc_id(self, i: int) -> str:
         return f"{self.url}{self.row_sep}{self.lines[i]}"
@@ -272,14 +271,12 @@ def read_batches(shard: Shard, text_field: str, problems: Problems, batch_chars:
         while (end := bisect_left(chars, batch_chars - size + chars[start], lo=start + 1)) < len(chars):
             pending.texts += block.texts[start:end]
             pending.lines += block.lines[start:end]
-            pending.chars = size + chars[end] - chars[start]
             yield pending
             pending, size, start = DocBatch(shard.url, row_sep=row_sep), 0, end
         pending.texts += block.texts[start:]
         pending.lines += block.lines[start:]
         size += chars[-1] - chars[start]
     if pending.texts:
-        pending.chars = size
         yield pending
 
 

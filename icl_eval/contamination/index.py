@@ -48,7 +48,7 @@ class GramTable:
     lengths: tuple[int, ...]  # the n-gram lengths to hash the corpus at (N, and shorter whole examples)
     hashes: np.ndarray  # uint64, sorted; a hash appears once per gram that has it
     gram_ids: np.ndarray  # int64, parallel to hashes
-    texts: list[str]  # per gram: its normalised words joined by spaces (ngrams.Batch.key), compared on every hash hit
+    texts: list[str]  # per gram: its normalised words joined by spaces (ngrams.Batch.keys), compared on every hash hit
     _bitmaps: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def candidates(self, hashes: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ a stream of word characters, spaces and document separators. Hashing takes two p
 and one per word, and no Python loop over either:
     per character (32-bit):  C[k] = sum_{j<k} c[j] * P^j,          word hash w = (C[end] - C[start]) * P^-start
     per word (64-bit):       W[k] = sum_{i<k} mix(w[i]) * Q^i,     n-gram hash = (W[i+n] - W[i]) * Q^-i
-Hashes only nominate candidates: every hit is confirmed by comparing the n-gram itself (`Batch.key`), so a
+Hashes only nominate candidates: every hit is confirmed by comparing the n-gram itself (`Batch.keys`), so a
 collision can never mark an example dirty.
 """
 
@@ -66,12 +66,11 @@ class Batch:
     def docs_of(self, words: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.seps, self.starts[words])
 
-    def key(self, i: int, length: int) -> str:
-        """The n-gram of `length` words from word i, exactly: its normalised words joined by single spaces."""
-        return self.keys(np.array([i]), length)[0]
-
     def keys(self, first: np.ndarray, length: int) -> list[str]:
-        """`key(i, length)` for every i in `first`, built together: a scan confirms a batch's hits at once."""
+        """The n-gram of `length` words at each word in `first`, exactly: its normalised words joined by spaces.
+
+        Built together, so a scan confirms a batch's hits at once.
+        """
         if not len(first):
             return []
         words = (first[:, None] + np.arange(length)).ravel()

@@ -109,7 +109,7 @@ def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     with roomy_heap():
         for docs in read_batches(shard, options.text_field, problems, options.batch_chars):
             _scan_batch(table, docs, hits)
-            n_docs, n_chars = n_docs + len(docs.texts), n_chars + docs.chars
+            n_docs, n_chars = n_docs + len(docs.texts), n_chars + sum(map(len, docs.texts))
     return {
         "shard": shard.url, "docs": n_docs, "chars": n_chars, "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
