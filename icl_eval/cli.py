@@ -334,11 +334,11 @@ COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "prompt": cmd_prompt, "validate"
 def _tolerate_undecodable_paths() -> None:
     """A path that is not valid UTF-8 reaches Python as lone surrogates; printing it must not fail after a run.
 
-    stdout writes the original bytes back (the printed results path still names the file); stderr escapes them."""
-    for stream, errors in ((sys.stdout, "surrogateescape"), (sys.stderr, "backslashreplace")):
+    Such a byte prints as an escape (\\udcff for 0xff), keeping the output valid UTF-8 for whatever reads it."""
+    for stream in (sys.stdout, sys.stderr):
         if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
             try:
-                stream.reconfigure(errors=errors)
+                stream.reconfigure(errors="backslashreplace")
             except (AttributeError, ValueError, OSError):
                 pass  # a stream that cannot change: printing stays as it was
 
