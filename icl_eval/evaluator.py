@@ -252,6 +252,8 @@ def _sample_log(prep: PreparedTask, k: int, p: Prompt, out, uncond: list | None)
             generation_raw=out.raw, generation=out.text.strip(), references=list(prep.example(p.doc_id).references),
         )
         finite = True
+    if any(getattr(o, "left_truncated", False) for o in _candidates(out)):
+        sample["left_truncated"] = True  # the model saw the context above minus tokens cut from its front
     if not finite:
         # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
         sample["nonfinite"] = True

@@ -332,3 +332,12 @@ def test_samples_are_written_when_scoring_an_example_fails(tiny_checkpoint, tmp_
 def test_prompt_output_ends_with_a_newline(task, shots, inline_root, capsys):
     assert main(["prompt", task, "--shots", str(shots), "--data-dir", str(inline_root)]) == 0
     assert capsys.readouterr().out.endswith("\n")
+
+
+def test_a_left_truncated_context_is_flagged_in_its_sample(tiny_checkpoint, tmp_path, capsys):
+    d = tmp_path
+    write_task(d)
+    (d / "t.jsonl").write_text("".join(json.dumps({"q": "word " * 700, "a": "yes"}) + "\n" for _ in range(2)) + json.dumps({"q": "short", "a": "yes"}) + "\n")
+    assert main(["run", "--model", str(tiny_checkpoint), "--tasks", str(d / "t.yaml"), "--data-dir", str(d), "--output", str(d / "out"), "--no-cache"]) == 0
+    samples = [json.loads(x) for x in (last_line_path(capsys).parent / "samples" / "t_0shot.jsonl").read_text().splitlines()]
+    assert [s.get("left_truncated", False) for s in samples] == [True, True, False]
