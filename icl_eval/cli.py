@@ -31,16 +31,28 @@ def parse_shots(value: str) -> tuple[int, ...]:
 def parse_batch_size(value: str) -> int | str:
     if value == "auto":
         return value
-    if value.isdigit() and int(value) > 0:
+    # ASCII digits only: str.isdigit() also passes '²', which int() then refuses with a traceback.
+    if value.isascii() and value.isdigit() and int(value) > 0:
         return int(value)
     raise IclEvalError(f"--batch-size {value!r}: give a positive integer or 'auto'")
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes are bad input like any other: one line, exit code 2, and where to look."""
+    """Usage mistakes are bad input like any other: one line, exit code 2, and where to look.
+
+    main() prefixes every message with `icl-eval: error:`; the message itself names no program."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise IclEvalError(f"{self.prog}: {message}; see `{self.prog} --help`")
+        raise IclEvalError(f"{message}; see `{self.prog} --help`")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        # A subcommand's unknown options reach the top-level parser: point at that subcommand's help.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            raise IclEvalError(f"unrecognized arguments: {' '.join(extras)}; see `{prog} --help`")
+        return parsed
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
@@ -130,37 +142,47 @@ def _remove_if_empty(run_dir) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval import distributed  # torch: loaded by the commands that need it, not by `contamination`
     from icl_eval.cache import CachedModel, ResponseCache, code_version, default_path
-    from icl_eval.evaluator import Settings, evaluate
+    from icl_eval.devices import validate_device
+    from icl_eval.evaluator import Settings, evaluate, prepare_all
     from icl_eval.models.hf import HFModel
     from icl_eval.prompts import load_template
+    from icl_eval.provenance import environment
     from icl_eval.registry import load_tasks
     from icl_eval.results import RunResult, RunWriter, new_run_id, now
 
+    # Everything that can be checked without the model is checked before it loads: a typo, a missing data
+    # file or too few demonstrations must not cost a ten-minute load first.
     shots = parse_shots(args.shots)
     batch_size = parse_batch_size(str(args.batch_size))
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
     if args.no_cache and args.cache:
         raise IclEvalError(f"--cache {args.cache} and --no-cache contradict each other; give one of them")
-    tasks = load_tasks(args.tasks, args.include_path)  # before the model: a typo should cost no load time
+    if args.output == "":
+        raise IclEvalError("--output '': give a folder, e.g. --output results (an empty one would write into the current folder)")
+    validate_device(args.device)
+    tasks = load_tasks(args.tasks, args.include_path)
     for task in tasks:
-        load_template(task)  # a template that does not compile should cost no load time either
-    contamination = _load_contamination(args.contamination)  # a bad report path, too
+        load_template(task)
+    contamination = _load_contamination(args.contamination)
+    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
+    prepared = prepare_all(tasks, settings)  # data found and read, K within every pool, every document renders
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
         raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
     device = rank_device if processes > 1 and args.device == "auto" else args.device
     run_id = distributed.broadcast(new_run_id())
     # Every process computes the same results; only the first writes them and prints.
-    # An unwritable --output fails before the model loads.
     writer = RunWriter(args.output if rank == 0 else tempfile.mkdtemp(prefix="icl-eval-rank"), run_id)
     try:
+        for prep in prepared:
+            for k in shots:
+                writer.samples_path(prep.task.name, k)  # every samples file lands inside the run folder
         model = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
         cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))  # after the model: a bad --model leaves no file
     except IclEvalError:
         _remove_if_empty(writer.dir)
         raise
-    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
     result = RunResult(
         run_id=run_id,
         started_at=now(),
@@ -172,6 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
             "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "processes": processes, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
+        environment=environment(),
     )
     result.settings["cache"] = str(cache.path) if cache is not None else None
     echo = print if rank == 0 else (lambda _: None)
@@ -183,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Outside the cache: each process looks up and stores only its own shard, so no collective waits on cache state.
         model = distributed.DataParallel(model, rank, processes)
     try:
-        evaluate(model, tasks, settings, writer, result, echo=echo)
+        evaluate(model, prepared, settings, writer, result, echo=echo)
     except BaseException:
         _remove_if_empty(writer.dir)  # a run that wrote nothing leaves no folder; finished samples always stay
         raise
@@ -274,6 +297,8 @@ def _show_prompt(task, args: argparse.Namespace) -> None:
 def cmd_prompt(args: argparse.Namespace) -> int:
     from icl_eval.registry import load_task
 
+    if args.shots < 0:
+        raise IclEvalError(f"--shots {args.shots}: the number of demonstrations must be >= 0")
     _show_prompt(load_task(args.task, args.include_path), args)
     return 0
 
@@ -306,10 +331,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "prompt": cmd_prompt, "validate": cmd_validate, "demo": cmd_demo}
 
 
+def _tolerate_undecodable_paths() -> None:
+    """A path that is not valid UTF-8 reaches Python as lone surrogates; printing it must not fail after a run.
+
+    Such a byte prints as an escape (\\udcff for 0xff), keeping the output valid UTF-8 for whatever reads it."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, OSError):
+                pass  # a stream that cannot change: printing stays as it was
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # ours shows requests/s and ETA; theirs would interleave with it
+    _tolerate_undecodable_paths()
     try:
         args = build_parser().parse_args(argv)
         handler = COMMANDS.get(args.command) or args.run_command

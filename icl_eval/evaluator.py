@@ -79,6 +79,23 @@ def prepare(task: TaskConfig, settings: Settings) -> PreparedTask:
     return PreparedTask(task, docs, source, pool, task.fewshot is None, ids)
 
 
+def prepare_all(tasks: list[TaskConfig], settings: Settings) -> list[PreparedTask]:
+    """Every task's data, checked as far as it can be without a model, so a bad input costs no load time.
+
+    Data files found and readable, the few-shot pool large enough for the largest K, every evaluated
+    document renders (renders are kept, so this is work the run needs anyway)."""
+    if settings.fewshot_mode not in fewshot.FEWSHOT_MODES:
+        raise IclEvalError(f"--fewshot-mode {settings.fewshot_mode}: choose one of {', '.join(fewshot.FEWSHOT_MODES)}")
+    prepared = []
+    for task in tasks:
+        prep = prepare(task, settings)
+        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(settings.shots), len(prep.pool), prep.same_split)  # fail fast on K
+        for doc_id in prep.doc_ids:
+            prep.example(doc_id)
+        prepared.append(prep)
+    return prepared
+
+
 def _fits(model: Model, context: str, continuation: str, extra: int) -> bool:
     """Whether context + continuation (+ extra generated tokens) fit; a byte count bounds the token count cheaply."""
     budget = model.max_length + 1 - extra  # the last token is only a target, never an input
@@ -179,15 +196,18 @@ def _request_log_likelihoods(task: TaskConfig, prompts: list[Prompt], model: Mod
     return per_prompt, [[uncond_out[uncond_index[cont]] for _, cont in p.requests] for p in prompts]
 
 
-def _candidate_log(text: str, out: LoglikelihoodResult, uncond: LoglikelihoodResult | None) -> dict[str, Any]:
-    entry = {"text": text, "loglikelihood": out.loglikelihood, "n_tokens": out.n_tokens, "n_chars": out.n_chars, "is_greedy": out.is_greedy}
+def _candidate_log(context: str | None, continuation: str, out: LoglikelihoodResult, uncond: LoglikelihoodResult | None) -> dict[str, Any]:
+    """One candidate as scored: `text` is the exact continuation (target delimiter included); `context` only
+    where candidates differ in it (partial scoring)."""
+    entry: dict[str, Any] = {} if context is None else {"context": context}
+    entry.update(text=continuation, loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, n_chars=out.n_chars, is_greedy=out.is_greedy)
     if uncond is not None:
         entry["uncond_loglikelihood"] = uncond.loglikelihood
     return entry
 
 
-def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Record], list[dict[str, Any]], dict[str, int]]:
-    """Records, per-example sample logs and truncation counts for one task at K shots."""
+def _ask(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Prompt], list, list | None]:
+    """Prompts for one task at K shots and the model's results for them (with acc_uncond's, when asked)."""
     task = prep.task
     extra = task.max_new_tokens if task.output_type == "generate" else 0
     prompts = [build_prompt(prep, d, k, settings.seed, model, extra, settings.fewshot_mode) for d in prep.doc_ids]
@@ -207,40 +227,55 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
             raise IclEvalError(f"{task.path}: output_type '{task.output_type}' is not supported by this version")
     finally:
         bar.close()
+    return prompts, outs, uncond
 
-    samples, items = [], {m: [] for m in task.metrics}
-    nonfinite = 0
+
+def _sample_log(prep: PreparedTask, k: int, p: Prompt, out, uncond: list | None) -> dict[str, Any]:
+    """What the model saw and answered for one example, in full: a reader needs nothing else. No metrics yet."""
+    task = prep.task
+    sample: dict[str, Any] = {
+        "task": task.name, "shots": k, "doc_id": p.doc_id, "fewshot_ids": list(p.fewshot_ids),
+        "prompt_hash": prompt_hash(p.context, p.target), "context": p.context, "target": p.target,
+    }
+    if task.output_type == "loglikelihood":
+        sample.update(loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, is_greedy=out.is_greedy)
+        finite = out.finite
+    elif task.output_type == "multiple_choice":
+        unc = uncond if uncond is not None else [None] * len(out)
+        shared = len({c for c, _ in p.requests}) == 1  # full scoring: one context for every candidate, logged once
+        sample["candidates"] = [_candidate_log(None if shared else c, t, o, u) for (c, t), o, u in zip(p.requests, out, unc)]
+        sample["gold"] = prep.example(p.doc_id).gold
+        finite = all(o.finite for o in out) and all(u is None or u.finite for u in unc)
+    else:
+        sample.update(
+            until=list(task.until), max_new_tokens=task.max_new_tokens,
+            generation_raw=out.raw, generation=out.text.strip(), references=list(prep.example(p.doc_id).references),
+        )
+        finite = True
+    if any(getattr(o, "left_truncated", False) for o in _candidates(out)):
+        sample["left_truncated"] = True  # the model saw the context above minus tokens cut from its front
+    if not finite:
+        # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
+        sample["nonfinite"] = True
+        sample["metrics"] = {}
+    return sample
+
+
+def _score_samples(prep: PreparedTask, outs: list, uncond: list | None, samples: list[dict[str, Any]]) -> dict[str, list]:
+    """Each finite example's metric items, added to its sample log; the items per metric, for aggregation."""
+    task = prep.task
+    items: dict[str, list] = {m: [] for m in task.metrics}
     if task.output_type == "generate":
-        predictions = [out.text.strip() for out in outs]
-        references = [list(prep.example(p.doc_id).references) for p in prompts]
+        predictions = [s["generation"] for s in samples]
+        references = [s["references"] for s in samples]
         per_metric = {m: metrics.generation_items(m, predictions, references, task.normalizer) for m in task.metrics}
-    for i, (p, out) in enumerate(zip(prompts, outs)):
-        sample: dict[str, Any] = {
-            "task": task.name, "shots": k, "doc_id": p.doc_id, "fewshot_ids": list(p.fewshot_ids),
-            "prompt_hash": prompt_hash(p.context, p.target), "target": p.target,
-        }
-        if task.output_type == "loglikelihood":
-            sample.update(loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, is_greedy=out.is_greedy)
-            finite = out.finite
-        elif task.output_type == "multiple_choice":
-            query = prep.example(p.doc_id)
-            unc = uncond[i] if uncond is not None else [None] * len(out)
-            sample["candidates"] = [_candidate_log(text, o, u) for text, o, u in zip(query.choices, out, unc)]
-            sample["gold"] = query.gold
-            finite = all(o.finite for o in out) and all(u is None or u.finite for u in unc)
-        else:
-            sample.update(generation_raw=out.raw, generation=out.text, references=references[i])
-            finite = True
-        if not finite:
-            # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
-            nonfinite += 1
-            sample["nonfinite"] = True
-            sample["metrics"] = {}
-            samples.append(sample)
+    for i, (sample, out) in enumerate(zip(samples, outs)):
+        if sample.get("nonfinite"):
             continue
         if task.output_type == "loglikelihood":
             per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
         elif task.output_type == "multiple_choice":
+            query = prep.example(sample["doc_id"])
             preds = metrics.choice_predictions(out, uncond[i] if uncond is not None else None)
             sample["predictions"] = {m: preds[m] for m in task.metrics}
             per = {m: float(preds[m] == query.gold) for m in task.metrics}
@@ -249,7 +284,25 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
         sample["metrics"] = per
         for m, v in per.items():
             items[m].append(v)
-        samples.append(sample)
+    return items
+
+
+def score_task(
+    prep: PreparedTask, k: int, model: Model, settings: Settings, write_samples: Callable[[list[dict[str, Any]]], object] | None = None,
+) -> tuple[list[Record], list[dict[str, Any]], dict[str, int]]:
+    """Records, per-example sample logs and truncation counts for one task at K shots.
+
+    write_samples gets the logs once they are scored and before the aggregation, which can fail on its own;
+    if scoring an example fails, it gets them as they are (what the model answered, metrics missing)."""
+    task = prep.task
+    prompts, outs, uncond = _ask(prep, k, model, settings)
+    samples = [_sample_log(prep, k, p, out, uncond[i] if uncond is not None else None) for i, (p, out) in enumerate(zip(prompts, outs))]
+    try:
+        items = _score_samples(prep, outs, uncond, samples)
+    finally:
+        if write_samples is not None:
+            write_samples(samples)
+    nonfinite = sum(bool(s.get("nonfinite")) for s in samples)
     n = len(prompts) - nonfinite
     records = [Record(task.name, k, m, *metrics.aggregate(m, items[m]), n) for m in task.metrics]
     counts = {
@@ -265,16 +318,10 @@ def _candidates(out) -> list:
     return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
-def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: RunWriter, result: RunResult, echo: Callable[[str], None] = print) -> RunResult:
-    """Every task at every shot count with one loaded model; data loaded once per task."""
-    if settings.fewshot_mode not in fewshot.FEWSHOT_MODES:
-        raise IclEvalError(f"--fewshot-mode {settings.fewshot_mode}: choose one of {', '.join(fewshot.FEWSHOT_MODES)}")
-    prepared = []
-    for task in tasks:
-        prep = prepare(task, settings)
-        max_k = max(settings.shots)
-        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max_k, len(prep.pool), prep.same_split)  # fail fast on K
-        prepared.append(prep)
+def evaluate(model: Model, prepared: list[PreparedTask], settings: Settings, writer: RunWriter, result: RunResult, echo: Callable[[str], None] = print) -> RunResult:
+    """Every task at every shot count with one loaded model, on data prepared once per task (prepare_all)."""
+    for prep in prepared:
+        task = prep.task
         subset = f"a seeded random subset of {len(prep.doc_ids)} of {len(prep.docs)} examples (--limit, seed {settings.seed})" if settings.limit and settings.limit < len(prep.docs) else f"all {len(prep.docs)} examples"
         echo(f"{task.name}: {subset} from {prep.source}")
         result.tasks[task.name] = {
@@ -289,16 +336,15 @@ def evaluate(model: Model, tasks: list[TaskConfig], settings: Settings, writer: 
         for k in settings.shots:
             begin_task = getattr(model, "begin_task", None)  # a response cache keys its entries on the task
             stats = begin_task(f"{info['config_hash']}:{info['template_hash']}") if begin_task else None
+            write = (lambda samples, name=prep.task.name, k=k: writer.write_samples(name, k, samples)) if settings.log_samples else None
             try:
-                records, samples, counts = score_task(prep, k, model, settings)
+                records, samples, counts = score_task(prep, k, model, settings, write)
             except IclEvalError as e:  # the backend knows requests, not tasks: say which task and shot count failed
                 raise IclEvalError(f"task '{prep.task.name}' ({prep.task.path}), {k}-shot: {e}") from None
             result.records.extend(records)
             result.tasks[prep.task.name]["truncation"][str(k)] = counts
             if stats is not None:
                 info.setdefault("cache", {})[str(k)] = {"hits": stats.hits, "misses": stats.misses}
-            if settings.log_samples:
-                writer.write_samples(prep.task.name, k, samples)
     result.finished_at = now()
     writer.write_results(result)
     return result

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,6 +35,7 @@ class RunResult:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)
     finished_at: str | None = None
+    environment: dict[str, Any] = field(default_factory=dict)  # provenance.environment(): versions, commit, argv
 
     def to_json(self) -> dict[str, Any]:
         from icl_eval import __version__
@@ -47,6 +47,7 @@ class RunResult:
             "finished_at": self.finished_at,
             "model": self.model,
             "settings": self.settings,
+            "environment": self.environment,
             "tasks": self.tasks,
             "records": [asdict(r) for r in self.records],
         }
@@ -60,19 +61,39 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """A new file beside the target, created with mode 0666 so the user's umask decides who may read it
+    (tempfile.mkstemp's 0600 would hide results from colleagues on shared storage)."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename; on failure the old file (if any) stays intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write via a temp file in the same folder and rename; on failure the old file (if any) stays intact
+    and no temp file is left, whatever the failure."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(path.parent, path.name)
+    except OSError as e:
+        raise IclEvalError(f"{path}: cannot write ({e.strerror or e}); free space or choose another --output") from None
+    try:
+        # A path that is not valid UTF-8 (from --output, --model, ...) reaches the text as lone surrogates:
+        # in JSON the replacement is the string escape \udcXX, which reads back as the same path.
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise IclEvalError(f"{path}: cannot write ({e.strerror or e}); free space or choose another --output") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class RunWriter:
@@ -91,12 +112,19 @@ class RunWriter:
     def results_path(self) -> Path:
         return self.dir / "results.json"
 
-    def write_samples(self, task: str, shots: int, samples: list[dict[str, Any]]) -> Path:
+    def samples_path(self, task: str, shots: int) -> Path:
+        """Where a task's samples go; a name that would lead outside the run folder is refused."""
         path = self.dir / "samples" / f"{task}_{shots}shot.jsonl"
+        run_dir = self.dir.resolve()
+        if not path.resolve().is_relative_to(run_dir):
+            raise IclEvalError(f"task '{task}': its samples file {path} would lie outside the run folder {run_dir}; rename the task (letters, digits, '_', '-', '.')")
+        return path
+
+    def write_samples(self, task: str, shots: int, samples: list[dict[str, Any]]) -> Path:
+        path = self.samples_path(task, shots)
         atomic_write(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         return path
 
     def write_results(self, result: RunResult) -> Path:
         atomic_write(self.results_path, json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
         return self.results_path
-

@@ -145,6 +145,19 @@ CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
 if not torch.cuda.is_available():
     CASES.append(("no-cuda", lambda d, c: run_builtin(d, c, "--device", "cuda"), ("--device cuda", "no CUDA device", "use --device cpu")))
 
+# --- runio: options that gave tracebacks, unknown devices, usage errors with one prefix --------------------------
+CASES += [
+    ("batch-size-superscript", lambda d, c: run_builtin(d, c, "--batch-size", "\u00b2"), ("--batch-size '\u00b2'", "positive integer or 'auto'")),
+    ("batch-size-non-ascii-digit", lambda d, c: run_builtin(d, c, "--batch-size", "\u0663"), ("--batch-size '\u0663'", "positive integer or 'auto'")),
+    ("device-tpu9", lambda d, c: run_builtin(d, c, "--device", "tpu9"), ("--device tpu9: unknown device; use cpu, cuda, cuda:N or auto",)),
+    ("device-gpu", lambda d, c: run_builtin(d, c, "--device", "gpu"), ("--device gpu: unknown device",)),
+    ("device-meta", lambda d, c: run_builtin(d, c, "--device", "meta"), ("--device meta: unknown device",)),
+    ("output-empty", lambda d, c: ["run", "--model", str(c), "--tasks", "arithmetic_2da", "--output", ""], ("--output ''", "give a folder")),
+    ("prompt-shots-negative", lambda d, c: ["prompt", "arithmetic_2da", "--shots", "-3"], ("--shots -3", "must be >= 0")),
+    ("prompt-index-negative", lambda d, c: ["prompt", "arithmetic_2da", "--index", "-1"], ("--index -1", "doc ids 0..")),
+    ("tasks-unknown-option", lambda d, c: ["tasks", "--data-dir", str(d)], ("unrecognized arguments: --data-dir", "see `icl-eval tasks --help`")),
+]
+
 
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
