@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file")
     _add_task_options(validate)
 
-    demo = sub.add_parser("demo", help="evaluate a tiny random model built on the spot (no downloads)")
+    demo = sub.add_parser("demo", help="the README's worked example on a tiny random model built on the spot (no model download)")
     demo.add_argument("--output", default=None, help="output folder (default: icl-eval-demo in the temp folder, apart from results/)")
     demo.add_argument("--data-dir", default=None, metavar="DIR", help="data root holding lambada/lambada_test.jsonl (default: $ICL_EVAL_DATA_DIR)")
 
