@@ -246,7 +246,7 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
             per = {m: float(preds[m] == query.gold) for m in task.metrics}
         else:
             per = {m: per_metric[m][i] for m in task.metrics}
-        sample["metrics"] = per
+        sample["metrics"] = {metrics.item_field(m): v for m, v in per.items()}  # a perplexity item is a log-likelihood
         for m, v in per.items():
             items[m].append(v)
         samples.append(sample)
