@@ -172,7 +172,7 @@ def test_significance_marks_clear_difference_not_identical_copy(runs: Path) -> N
     assert "(" not in cells.at[row, "zeta-small"]  # the baseline shows no difference to itself
     # Perplexity needs no corpus score: it is tested on its log-likelihood items, and the footnote says so.
     assert cells.at[("lambada", "perplexity", 0), "alpha-large"].endswith("*)")
-    assert any("its test is on the mean per-example log-likelihood" in n for n in table.footnotes(tab, "bold"))
+    assert any("but tested on the mean per-example log-likelihood" in n for n in table.footnotes(tab, "bold"))
 
 
 def test_bootstrap_is_seeded_and_resamples_corpus_metrics_through_the_score() -> None:
@@ -346,7 +346,7 @@ def test_huge_perplexity_gap_is_starred(tmp_path: Path, old_keys: bool, capsys) 
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("| lambada | perplexity |")]
     assert re.search(r"\(\+[0-9.e+]+\\\*\) \|", row), row
-    assert "its test is on the mean per-example log-likelihood" in out
+    assert "but tested on the mean per-example log-likelihood" in out
 
 
 def test_evaluator_logs_the_perplexity_item_as_a_loglikelihood_and_compare_reads_it(tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def run_command(args: argparse.Namespace) -> int:
         baseline = table.resolve_baseline(args.baseline, loaded.columns)
         tests = collect_tests(records, baseline, metrics.value, args.resamples, args.seed)
         result = table.with_baseline(result, baseline, tests, args.resamples, args.seed)
+    # Everything that reads files comes before the first output, so bad input stops before a half-printed table.
+    chance = load.chance_levels(loaded.columns) if (args.plot or args.report) else {}
     sys.stdout.write(formats.render(result, args.format))
     if args.contamination:
         from icl_eval.contamination.rescore import load_report, rescore_runs
@@ -93,7 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
         keep = lambda r: (not args.tasks or r["task"] in args.tasks) and (not args.metrics or r["metric"] in args.metrics)  # noqa: E731
         runs = [(c.label, run.run_dir, [r for r in run.records if keep(r)]) for c in loaded.columns for run in c.runs]
         sys.stdout.write("\n" + rescore_runs(load_report(args.contamination), runs)[1])
-    figures = plots.make_plots(records, loaded.columns, load.chance_levels(loaded.columns)) if (args.plot or args.report) else []
+    figures = plots.make_plots(records, loaded.columns, chance) if (args.plot or args.report) else []
     if args.plot:
         written = plots.write_plots(figures, args.plot)
         print(f"wrote {len(written)} plots to {args.plot}", file=sys.stderr)

@@ -253,10 +253,14 @@ def _samples(path: Path):
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            fix = "fix or remove that line, or move the file away to compare without this task's per-example logs"
             try:
-                yield json.loads(line)
+                sample = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({exc}); re-run with sample logging") from exc
+                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({exc}); {fix}") from exc
+            if not isinstance(sample, dict) or not isinstance(sample.get("metrics") or {}, dict):
+                raise IclEvalError(f"{path}:{lineno}: not a sample written by `icl-eval run` (an object with a 'metrics' object); {fix}")
+            yield sample
 
 
 def read_items(run_dir: Path, task: str, shots: int) -> dict[str, dict] | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from icl_eval.compare.load import Column
 from icl_eval.compare.table import lower_is_better
@@ -99,6 +99,12 @@ def _finish(fig: Figure, ax, ticks: Sequence[float], tick_labels: Sequence[str],
     ax.xaxis.set_major_locator(FixedLocator(list(ticks)))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels(list(tick_labels))
+    if ax.get_yscale() == "log":
+        # Plain numbers (12, 3.5) rather than 1.2x10^1; minor ticks labelled only when there are few decades.
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if high / low < 100 else NullFormatter())
     # Legend below the axes rather than inside: lines of close models would otherwise run under it.
     n = len(ax.get_legend_handles_labels()[1])
     fig.legend(loc="outside lower center", ncols=min(n, 3), title=legend_title, fontsize="small", title_fontsize="small")

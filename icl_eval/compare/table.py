@@ -165,7 +165,7 @@ def footnotes(table: Table, best_marker: str) -> list[str]:
     scales = {(row[1], test.scale) for (row, _), test in table.tests.items() if test.scale and row in table.values.index}
     for metric, scale in sorted(scales):
         notes.append(
-            f"{metric}: the difference is in {metric}, its test is on the {scale}, of which {metric} is a monotone "
-            f"function (the scale a bootstrap resamples without distortion)."
+            f"{metric}: differences are shown in {metric} but tested on the {scale}; {metric} is a monotone "
+            f"function of it, and resampling {metric} itself would be distorted by its skew."
         )
     return notes
