@@ -198,6 +198,8 @@ def test_bootstrap_is_seeded_and_resamples_corpus_metrics_through_the_score() ->
     assert bleu.significant and len(calls) == 2 + 2 * 200
     assert paired_bootstrap("bleu", stats_base, stats_better, score=None).p_value is None
     assert "not a metric this version" in paired_bootstrap("rouge", base, better).reason
+    assert "not numbers" in paired_bootstrap("acc", {"0": "yes"}, {"0": 1.0}).reason
+    assert "non-finite" in paired_bootstrap("perplexity", {"0": -math.inf}, {"0": -1.0}).reason
     # Only docs logged by both models are paired.
     assert paired_bootstrap("acc", base, {"0": 1.0, "x": 0.0}).n_pairs == 1
     assert paired_bootstrap("acc", {"a": 1.0}, {"b": 1.0}).reason == "no doc_id in common"

@@ -103,8 +103,12 @@ def paired_bootstrap(
         observed = float(diffs.mean())
         p = _p_value(observed, _bootstrap_mean_diff(diffs, n_resamples, rng))
         return Significance(p, len(shared), scale=item_scale(metric))
-    if metric not in metrics.METRICS or not metrics.METRICS[metric].corpus:
-        return Significance(None, len(shared), f"{metric} is not a metric this version of icl-eval knows how to test")
+    if metrics.tested_on_item_mean(metric):
+        return Significance(None, len(shared), f"{metric} has per-example items that are not numbers")
+    if metric not in metrics.METRICS:
+        return Significance(None, len(shared), f"{metric} is not a metric this version of icl-eval knows")
+    if not metrics.METRICS[metric].corpus:
+        return Significance(None, len(shared), f"{metric} is neither a function of its items' mean nor a corpus score")
     if score is None:
         return Significance(None, len(shared), f"{metric} needs a corpus score to resample, and none was given")
     try:
