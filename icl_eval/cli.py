@@ -107,12 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _number(x: float) -> str:
-    from icl_eval.formatting import number
-
-    return number(x)
-
-
 def _print_table(records) -> None:
     from icl_eval.formatting import value_stderr  # the same numbers as `icl-eval compare` prints
 

@@ -87,7 +87,7 @@ def run_command(args: argparse.Namespace) -> int:
         tests = collect_tests(records, baseline, metrics.value, args.resamples, args.seed)
         result = table.with_baseline(result, baseline, tests, args.resamples, args.seed)
     # Everything that reads files comes before the first output, so bad input stops before a half-printed table.
-    chance = load.chance_levels(loaded.columns) if (args.plot or args.report) else {}
+    chance = load.chance_levels(loaded.columns, set(records["task"])) if (args.plot or args.report) else {}
     sys.stdout.write(formats.render(result, args.format))
     if args.contamination:
         from icl_eval.contamination.rescore import load_report, rescore_runs

@@ -281,18 +281,20 @@ def read_items(run_dir: Path, task: str, shots: int) -> dict[str, dict] | None:
     return items
 
 
-def chance_levels(columns: Sequence[Column]) -> dict[str, float]:
+def chance_levels(columns: Sequence[Column], tasks: Iterable[str] | None = None) -> dict[str, float]:
     """Accuracy of guessing uniformly at random, per multiple-choice task: the mean over logged examples of
     1 / number of candidates (the expected accuracy even when examples have different numbers of choices).
     results.json does not hold the number of choices, so it is read from the first sample log found for the
-    task; a task without sample logs gets no chance level."""
+    task; a task without sample logs gets no chance level. `tasks` limits which tasks are looked at."""
+    wanted = set(tasks) if tasks is not None else None
     levels: dict[str, float] = {}
     for column in columns:
         for run in column.runs:
             for task in dict.fromkeys(rec["task"] for rec in run.records):
                 info = run.tasks.get(task)
                 # Older results.json files lack output_type: their sample logs decide (candidates or not).
-                if task in levels or (info is not None and info.output_type not in (None, "multiple_choice")):
+                multiple_choice = info is None or info.output_type in (None, "multiple_choice")
+                if task in levels or not multiple_choice or (wanted is not None and task not in wanted):
                     continue
                 shots = sorted({int(rec["shots"]) for rec in run.records if rec["task"] == task})
                 path = next((p for p in (_samples_path(run.run_dir, task, k) for k in shots) if p.is_file()), None)
