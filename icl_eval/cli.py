@@ -119,12 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _number(x: float) -> str:
-    return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
-
-
 def _print_table(records) -> None:
-    rows = [(r.task, str(r.shots), r.metric, _number(r.value) + (f" ± {_number(r.stderr)}" if r.stderr is not None else ""), str(r.n)) for r in records]
+    from icl_eval.formatting import value_stderr  # the same numbers as `icl-eval compare` prints
+
+    rows = [(r.task, str(r.shots), r.metric, value_stderr(r.value, r.stderr), str(r.n)) for r in records]
     header = ("task", "shots", "metric", "value", "n")
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for row in [header, tuple("-" * w for w in widths), *rows]:

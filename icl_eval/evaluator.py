@@ -281,7 +281,7 @@ def _score_samples(prep: PreparedTask, outs: list, uncond: list | None, samples:
             per = {m: float(preds[m] == query.gold) for m in task.metrics}
         else:
             per = {m: per_metric[m][i] for m in task.metrics}
-        sample["metrics"] = per
+        sample["metrics"] = {metrics.item_field(m): v for m, v in per.items()}  # a perplexity item is a log-likelihood
         for m, v in per.items():
             items[m].append(v)
     return items

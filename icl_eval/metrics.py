@@ -196,3 +196,31 @@ def choice_predictions(results: Sequence[LoglikelihoodResult], uncond: Sequence[
     if uncond is not None:
         preds["acc_uncond"] = _argmax([r.loglikelihood - u.loglikelihood for r, u in zip(results, uncond)])
     return preds
+
+
+# How each metric's per-example item is named in the sample logs (sample["metrics"]), and how two runs' items
+# are compared. The writer (evaluator) and every reader (compare, contamination rescoring) go through these.
+# A perplexity item is a log-likelihood, so its field says so; other items are named after their metric.
+# Sample logs written before this mapping stored every item under the metric's own name.
+ITEM_FIELDS: dict[str, str] = {"perplexity": "loglikelihood"}
+
+
+def item_field(metric: str) -> str:
+    """The key of `metric`'s per-example item in a sample log's "metrics"."""
+    return ITEM_FIELDS.get(metric, metric)
+
+
+def field_metric(field: str) -> str:
+    """The metric a sample log's "metrics" key belongs to (the inverse of `item_field`; old logs map to themselves)."""
+    return _FIELD_METRICS.get(field, field)
+
+
+_FIELD_METRICS = {f: m for m, f in ITEM_FIELDS.items()}
+
+
+def tested_on_item_mean(metric: str) -> bool:
+    """True when the metric is a monotone function of the mean of its items (a mean, or perplexity = exp(-mean
+    log-likelihood)): two runs then differ significantly exactly when their mean items do, so a paired test on the
+    items' scale is the right one (testing perplexity itself, exponentiated, is swamped by its skew)."""
+    known = METRICS.get(metric)
+    return known is not None and known.aggregate in (mean_stderr, perplexity)

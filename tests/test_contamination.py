@@ -382,7 +382,7 @@ def test_run_and_compare_take_a_contamination_report(tiny_checkpoint, tmp_path, 
     results_path = Path(printed.strip().splitlines()[-1])
     rows = json.loads((results_path.parent / "contamination_scores.json").read_text())
     samples = [json.loads(line) for line in (results_path.parent / "samples" / "planted_0shot.jsonl").open()]
-    ppl = {s["doc_id"]: s["metrics"]["perplexity"] for s in samples}
+    ppl = {s["doc_id"]: s["metrics"]["loglikelihood"] for s in samples}  # the perplexity item
     (row,) = [r for r in rows if r["metric"] == "perplexity"]
     assert (row["n_dirty"], row["n_clean"]) == (2, 4)
     assert row["dirty"] == pytest.approx(aggregate("perplexity", [ppl[2], ppl[5]])[0])

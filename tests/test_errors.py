@@ -274,3 +274,40 @@ def test_disk_full_while_writing_results_loses_nothing(tiny_checkpoint, tmp_path
     assert main(argv) == 0
     res, _ = _results(capsys)
     assert all(c == {"hits": 4, "misses": 0} for c in res["tasks"]["arithmetic_2da"]["cache"].values())
+
+
+# --- compare: sample logs it cannot read (significance with --baseline, chance levels for --report) ------------
+
+
+def _compare_with_samples(d: Path, sample_text: str, *options: str) -> list[str]:
+    """Two runs of a one-task multiple-choice comparison; the first (smaller) run's sample log holds `sample_text`."""
+    for model, text in (("a", sample_text), ("b", json.dumps({"doc_id": 0, "candidates": [{}, {}], "metrics": {"acc": 1.0}}) + "\n")):
+        run = d / "runs" / model
+        (run / "samples").mkdir(parents=True)
+        (run / "samples" / "mc_0shot.jsonl").write_text(text)
+        (run / "results.json").write_text(json.dumps({
+            "model": {"name": model, "num_parameters": 1 if model == "a" else 2},
+            "tasks": {"mc": {"output_type": "multiple_choice"}},
+            "records": [{"task": "mc", "shots": 0, "metric": "acc", "value": 0.5}],
+        }))
+    return ["compare", str(d / "runs"), *options]
+
+
+COMPARE_CASES: list[tuple[str, Callable[[Path], list[str]], tuple[str, ...]]] = [
+    ("compare-corrupt-sample-line", lambda d: _compare_with_samples(d, '{"doc_id": 0,\n', "--baseline", "b"), ("mc_0shot.jsonl:1", "not valid JSON", "fix or remove that line")),
+    ("compare-sample-not-an-object", lambda d: _compare_with_samples(d, "[1, 2]\n", "--baseline", "b"), ("mc_0shot.jsonl:1", "not a sample written by `icl-eval run`")),
+    ("compare-sample-metrics-not-an-object", lambda d: _compare_with_samples(d, '{"doc_id": 0, "metrics": [1]}\n', "--baseline", "b"), ("mc_0shot.jsonl:1", "'metrics' object")),
+    ("compare-report-corrupt-sample-line", lambda d: _compare_with_samples(d, '{"doc_id": 0,\n', "--report", str(d / "r.html")), ("mc_0shot.jsonl:1", "not valid JSON")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in COMPARE_CASES], ids=[c[0] for c in COMPARE_CASES])
+def test_compare_bad_sample_logs_are_one_clear_line(make_argv, needles, tmp_path, capsys):
+    argv = make_argv(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.strip().splitlines() if line.startswith("icl-eval")]
+    assert len(lines) == 1 and lines[0].startswith("icl-eval: error: "), captured.err
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"

@@ -53,7 +53,7 @@ def _check_run(res: dict, run_dir: Path, tasks: list[str], n: int) -> None:
                 rec = got[(task, k, m)]
                 assert rec["n"] == n
                 # The record is the aggregate of the logged per-example items: any subset can be rescored.
-                assert rec["value"] == pytest.approx(metrics.aggregate(m, [s["metrics"][m] for s in samples])[0])
+                assert rec["value"] == pytest.approx(metrics.aggregate(m, [s["metrics"][metrics.item_field(m)] for s in samples])[0])
             if k:
                 assert all(len(s["fewshot_ids"]) == k or res["tasks"][task]["truncation"][str(k)]["demos_dropped"] for s in samples)
     for task in tasks:

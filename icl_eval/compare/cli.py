@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from icl_eval import metrics
 from icl_eval.compare import formats, load, plots, report, table
 from icl_eval.compare.significance import Score, Significance, paired_bootstrap
 
@@ -38,20 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def _harness_score() -> Score | None:
-    try:
-        from icl_eval.metrics import value
-    except ImportError:  # an older or partial install: significance is then skipped for non-mean metrics
-        return None
-    return value
-
-
 def collect_tests(
     records: pd.DataFrame,
     baseline: str,
-    score: Score | None,
-    n_resamples: int,
-    seed: int,
+    score: Score | None = metrics.value,
+    n_resamples: int = 1000,
+    seed: int = 1234,
     read_items: Callable[[Path, str, int], dict[str, dict] | None] = load.read_items,
 ) -> dict[tuple[table.RowKey, str], Significance]:
     """Paired-bootstrap every non-baseline cell against the baseline, reading each samples file once."""
@@ -91,8 +84,10 @@ def run_command(args: argparse.Namespace) -> int:
     result = table.build_table(records, loaded.columns)
     if args.baseline:
         baseline = table.resolve_baseline(args.baseline, loaded.columns)
-        tests = collect_tests(records, baseline, _harness_score(), args.resamples, args.seed)
+        tests = collect_tests(records, baseline, metrics.value, args.resamples, args.seed)
         result = table.with_baseline(result, baseline, tests, args.resamples, args.seed)
+    # Everything that reads files comes before the first output, so bad input stops before a half-printed table.
+    chance = load.chance_levels(loaded.columns, set(records["task"])) if (args.plot or args.report) else {}
     sys.stdout.write(formats.render(result, args.format))
     if args.contamination:
         from icl_eval.contamination.rescore import load_report, rescore_runs
@@ -100,7 +95,7 @@ def run_command(args: argparse.Namespace) -> int:
         keep = lambda r: (not args.tasks or r["task"] in args.tasks) and (not args.metrics or r["metric"] in args.metrics)  # noqa: E731
         runs = [(c.label, run.run_dir, [r for r in run.records if keep(r)]) for c in loaded.columns for run in c.runs]
         sys.stdout.write("\n" + rescore_runs(load_report(args.contamination), runs)[1])
-    figures = plots.make_plots(records, loaded.columns) if (args.plot or args.report) else []
+    figures = plots.make_plots(records, loaded.columns, chance) if (args.plot or args.report) else []
     if args.plot:
         written = plots.write_plots(figures, args.plot)
         print(f"wrote {len(written)} plots to {args.plot}", file=sys.stderr)

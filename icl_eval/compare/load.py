@@ -12,9 +12,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from icl_eval.errors import IclEvalError
+from icl_eval.metrics import field_metric
 
 RESULTS_NAME = "results.json"
 RECORD_COLUMNS = ["column", "task", "metric", "shots", "value", "stderr", "n", "run_dir"]
@@ -24,6 +26,7 @@ RECORD_COLUMNS = ["column", "task", "metric", "shots", "value", "stderr", "n", "
 class TaskInfo:
     config_hash: str | None
     template_hash: str | None
+    output_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ def load_run(path: Path) -> Run:
         raise IclEvalError(f"{path}: not readable as JSON ({exc}); pass a results.json written by `icl-eval run`") from exc
     model = _field(data, "model", path)
     tasks = {
-        name: TaskInfo(info.get("config_hash"), info.get("template_hash"))
+        name: TaskInfo(info.get("config_hash"), info.get("template_hash"), info.get("output_type"))
         for name, info in (data.get("tasks") or {}).items()
         if isinstance(info, dict)
     }
@@ -179,23 +182,37 @@ def group_columns(runs: Iterable[Run]) -> tuple[list[Column], list[str]]:
 
 def _records_frame(columns: list[Column]) -> tuple[pd.DataFrame, list[str]]:
     rows: dict[tuple, dict] = {}
-    warnings: list[str] = []
+    source: dict[tuple, Run] = {}
+    # (column, earlier run, later run) -> the results the later run repeats: one warning per pair, not per record.
+    repeated: dict[tuple[str, Path, Path], list[tuple]] = {}
+    runs_by_path: dict[Path, Run] = {}
     for column in columns:
         for run in column.runs:  # start order, so a later run's record replaces an earlier one
+            runs_by_path[run.path] = run
             for rec in run.records:
                 key = (column.label, rec["task"], rec["metric"], int(rec["shots"]))
-                if key in rows:
-                    warnings.append(
-                        f"{column.label}: {rec['task']} {rec['shots']}-shot {rec['metric']} is in "
-                        f"{rows[key]['run_dir'] / RESULTS_NAME} and {run.path}; using the later run {run.run_id}"
-                    )
+                if key in source:
+                    repeated.setdefault((column.label, source[key].path, run.path), []).append(key)
+                source[key] = run
                 stderr = rec.get("stderr")
                 rows[key] = {
                     "column": column.label, "task": rec["task"], "metric": rec["metric"], "shots": int(rec["shots"]),
                     "value": float(rec["value"]), "stderr": float(stderr) if stderr is not None else float("nan"),
                     "n": rec.get("n"), "run_dir": run.run_dir,
                 }
+    warnings = [
+        _repeat_warning(label, runs_by_path[earlier], runs_by_path[later], keys)
+        for (label, earlier, later), keys in repeated.items()
+    ]
     return pd.DataFrame(list(rows.values()), columns=RECORD_COLUMNS), warnings
+
+
+def _repeat_warning(label: str, earlier: Run, later: Run, keys: list[tuple]) -> str:
+    tasks = ", ".join(dict.fromkeys(k[1] for k in keys))
+    return (
+        f"{label}: run {later.run_id} ({later.path}) repeats {len(keys)} results of run {earlier.run_id} "
+        f"({earlier.path}) for {tasks}; using the later run {later.run_id} for those"
+    )
 
 
 def _cross_model_warnings(columns: list[Column]) -> list[str]:
@@ -227,20 +244,63 @@ def load(paths: Sequence[str | Path]) -> Loaded:
     return Loaded(columns, records, warnings + overlap + _cross_model_warnings(columns))
 
 
-def read_items(run_dir: Path, task: str, shots: int) -> dict[str, dict] | None:
-    """Per-example metric items of one task and shot count, keyed by doc_id; None when not logged."""
-    path = run_dir / "samples" / f"{task}_{shots}shot.jsonl"
-    if not path.is_file():
-        return None
-    items: dict[str, dict] = {}
+def _samples_path(run_dir: Path, task: str, shots: int) -> Path:
+    return run_dir / "samples" / f"{task}_{shots}shot.jsonl"
+
+
+def _samples(path: Path):
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
+            fix = "fix or remove that line, or move the file away to compare without this task's per-example logs"
             try:
                 sample = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({exc}); re-run with sample logging") from exc
-            # json.dumps keeps 1 and "1" apart while making any doc_id hashable.
-            items[json.dumps(sample.get("doc_id"))] = sample.get("metrics") or {}
+                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({exc}); {fix}") from exc
+            if not isinstance(sample, dict) or not isinstance(sample.get("metrics") or {}, dict):
+                raise IclEvalError(f"{path}:{lineno}: not a sample written by `icl-eval run` (an object with a 'metrics' object); {fix}")
+            yield sample
+
+
+def read_items(run_dir: Path, task: str, shots: int) -> dict[str, dict] | None:
+    """Per-example metric items of one task and shot count, keyed by doc_id and then by metric name; None when not
+    logged. Sample-log field names are mapped back to metrics (a perplexity item is logged as "loglikelihood";
+    logs written before that used "perplexity", and still read)."""
+    path = _samples_path(run_dir, task, shots)
+    if not path.is_file():
+        return None
+    items: dict[str, dict] = {}
+    for sample in _samples(path):
+        logged = sample.get("metrics") or {}
+        by_metric = {f: v for f, v in logged.items() if field_metric(f) == f}
+        # Renamed fields after the rest, so the current spelling wins over an old one (never both written).
+        by_metric.update({field_metric(f): v for f, v in logged.items() if field_metric(f) != f})
+        # json.dumps keeps 1 and "1" apart while making any doc_id hashable.
+        items[json.dumps(sample.get("doc_id"))] = by_metric
     return items
+
+
+def chance_levels(columns: Sequence[Column], tasks: Iterable[str] | None = None) -> dict[str, float]:
+    """Accuracy of guessing uniformly at random, per multiple-choice task: the mean over logged examples of
+    1 / number of candidates (the expected accuracy even when examples have different numbers of choices).
+    results.json does not hold the number of choices, so it is read from the first sample log found for the
+    task; a task without sample logs gets no chance level. `tasks` limits which tasks are looked at."""
+    wanted = set(tasks) if tasks is not None else None
+    levels: dict[str, float] = {}
+    for column in columns:
+        for run in column.runs:
+            for task in dict.fromkeys(rec["task"] for rec in run.records):
+                info = run.tasks.get(task)
+                # Older results.json files lack output_type: their sample logs decide (candidates or not).
+                multiple_choice = info is None or info.output_type in (None, "multiple_choice")
+                if task in levels or not multiple_choice or (wanted is not None and task not in wanted):
+                    continue
+                shots = sorted({int(rec["shots"]) for rec in run.records if rec["task"] == task})
+                path = next((p for p in (_samples_path(run.run_dir, task, k) for k in shots) if p.is_file()), None)
+                if path is None:
+                    continue
+                counts = [len(s["candidates"]) for s in _samples(path) if isinstance(s.get("candidates"), list) and s["candidates"]]
+                if counts:
+                    levels[task] = float(np.mean([1.0 / c for c in counts]))
+    return levels

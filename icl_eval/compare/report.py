@@ -14,14 +14,20 @@ from icl_eval.compare.formats import to_html
 from icl_eval.compare.plots import Plot
 from icl_eval.compare.table import Table
 
+# Fits a 1400 px window (and narrower ones): the page never scrolls sideways. A table with many model columns
+# scrolls inside its own box (div.table-wrap); plots shrink to the width; long paths and warnings wrap.
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
-table.compare { border-collapse: collapse; font-variant-numeric: tabular-nums; }
+*, *::before, *::after { box-sizing: border-box; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1400px; color: #222;
+       overflow-wrap: anywhere; }
+div.table-wrap { max-width: 100%; overflow-x: auto; margin: 0.5em 0; }
+table.compare { border-collapse: collapse; font-variant-numeric: tabular-nums; overflow-wrap: normal; }
 table.compare th, table.compare td { border-bottom: 1px solid #ddd; padding: 0.25em 0.7em; }
 table.compare td.num { text-align: right; white-space: nowrap; }
 p.note { font-size: 0.9em; color: #555; margin: 0.3em 0; }
 .warning { background: #fff4e5; border-left: 4px solid #e69500; padding: 0.4em 0.8em; margin: 0.3em 0; }
-figure { display: inline-block; margin: 0.5em; }
+figure { display: inline-block; margin: 0.5em; max-width: 100%; vertical-align: top; }
+figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.9em; color: #555; text-align: center; }
 """
 
@@ -57,7 +63,8 @@ def build_report(table: Table, plots: Sequence[Plot], warnings: Sequence[str], s
 <h1>icl-eval comparison</h1>
 {warning_html}
 <h2>Scores</h2>
-{to_html(table)}
+<div class="table-wrap">
+{to_html(table)}</div>
 {plots_html}
 <h2>Runs</h2>
 <ul>{source_html}</ul>

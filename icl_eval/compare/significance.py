@@ -2,6 +2,12 @@
 
 The two-sided p-value is the share of resampled differences at least as far from the observed
 difference as the observed difference is from zero (the resampling distribution, shifted to the null).
+
+A metric that is a monotone function of its items' mean (accuracy; perplexity = exp(-mean log-likelihood)) is
+tested on the mean of the paired item differences: the two models' metrics differ exactly when their mean items
+do, and the mean is what a bootstrap resamples well. Resampling perplexity itself would test an exponentiated,
+heavily skewed statistic, and a 13,000x gap could come out "within noise". Only corpus metrics (BLEU, chrF), whose
+score is not a function of one mean, are resampled through the harness's own score.
 """
 
 from __future__ import annotations
@@ -11,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from icl_eval import metrics
+
 # The harness's metric value of a list of per-example items (icl_eval.metrics.value): no stderr, which for a
 # corpus metric is itself a bootstrap and would be wasted inside this one.
 Score = Callable[[str, list], float]
 
 ALPHA = 0.05
-# Metrics whose value is not the mean of its items: they need the harness's own aggregate.
-NON_MEAN_METRICS = frozenset({"perplexity", "bleu", "chrf"})
 # Caps one block of resampled indices at ~32 MB, whatever the number of examples.
 _MAX_BLOCK_CELLS = 4_000_000
 
@@ -27,6 +33,7 @@ class Significance:
     p_value: float | None
     n_pairs: int
     reason: str = ""  # why no test was run, when p_value is None
+    scale: str = ""  # what was tested, when not the metric itself (e.g. perplexity's mean log-likelihood)
 
     @property
     def significant(self) -> bool:
@@ -66,12 +73,17 @@ def _is_number(item: object) -> bool:
     return isinstance(item, (int, float))  # bool included: a correct/incorrect flag is a 0/1 item
 
 
+def item_scale(metric: str) -> str:
+    """What a metric's test compares when that is not the metric's own value; "" when it is."""
+    return "mean per-example log-likelihood" if metrics.item_field(metric) == "loglikelihood" else ""
+
+
 def paired_bootstrap(
     metric: str,
     base: dict[str, object],
     other: dict[str, object],
     *,
-    score: Score | None = None,
+    score: Score | None = metrics.value,
     n_resamples: int = 1000,
     seed: int = 1234,
 ) -> Significance:
@@ -84,12 +96,21 @@ def paired_bootstrap(
     # A fresh generator per comparison keeps each p-value independent of which other rows were asked for.
     rng = np.random.default_rng(seed)
     numeric = all(_is_number(x) for x in base_items + other_items)
-    if numeric and metric not in NON_MEAN_METRICS:
+    if numeric and metrics.tested_on_item_mean(metric):
         diffs = np.asarray(other_items, dtype=float) - np.asarray(base_items, dtype=float)
+        if not np.isfinite(diffs).all():
+            return Significance(None, len(shared), f"{metric} has non-finite per-example items")
         observed = float(diffs.mean())
-        return Significance(_p_value(observed, _bootstrap_mean_diff(diffs, n_resamples, rng)), len(shared))
+        p = _p_value(observed, _bootstrap_mean_diff(diffs, n_resamples, rng))
+        return Significance(p, len(shared), scale=item_scale(metric))
+    if metrics.tested_on_item_mean(metric):
+        return Significance(None, len(shared), f"{metric} has per-example items that are not numbers")
+    if metric not in metrics.METRICS:
+        return Significance(None, len(shared), f"{metric} is not a metric this version of icl-eval knows")
+    if not metrics.METRICS[metric].corpus:
+        return Significance(None, len(shared), f"{metric} is neither a function of its items' mean nor a corpus score")
     if score is None:
-        return Significance(None, len(shared), f"{metric} needs icl_eval.metrics.value, which is not available")
+        return Significance(None, len(shared), f"{metric} needs a corpus score to resample, and none was given")
     try:
         observed, resampled = _bootstrap_score(metric, base_items, other_items, score, n_resamples, rng)
     except (KeyError, ValueError, TypeError) as exc:

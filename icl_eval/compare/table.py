@@ -15,18 +15,22 @@ import pandas as pd
 from icl_eval.compare.load import Column
 from icl_eval.compare.significance import ALPHA, Significance
 from icl_eval.errors import IclEvalError
+from icl_eval.formatting import number, value_stderr
+from icl_eval.metrics import METRICS
 
 ROW_KEYS = ["task", "metric", "shots"]
 MISSING = "—"
 SIGNIFICANT_MARK = "*"
 UNTESTED_MARK = "†"
-_LOWER_IS_BETTER = frozenset({"perplexity", "ppl", "word_perplexity", "byte_perplexity", "bits_per_byte", "loss"})
 
 RowKey = tuple[str, str, int]
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric in _LOWER_IS_BETTER or metric.endswith("perplexity")
+    """The harness's own fact for its metrics; a metric it does not know (a run from another version) is taken
+    at its name: perplexities are lower-is-better, anything else higher."""
+    known = METRICS.get(metric)
+    return not known.higher_is_better if known is not None else metric.endswith("perplexity")
 
 
 @dataclass(frozen=True)
@@ -110,14 +114,8 @@ def with_baseline(
     return replace(table, baseline=baseline, deltas=deltas, tests=dict(tests), bootstrap=(n_resamples, seed))
 
 
-def _number(x: float) -> str:
-    return f"{x:.3f}"
-
-
 def _cell(value: float, stderr: float) -> str:
-    if np.isnan(value):
-        return MISSING
-    return _number(value) if np.isnan(stderr) else f"{_number(value)} ± {_number(stderr)}"
+    return MISSING if np.isnan(value) else value_stderr(value, stderr)
 
 
 def _delta(table: Table, row: RowKey, label: str) -> str:
@@ -126,7 +124,7 @@ def _delta(table: Table, row: RowKey, label: str) -> str:
         return ""
     test = table.tests.get((row, label))
     mark = UNTESTED_MARK if test is None or test.p_value is None else (SIGNIFICANT_MARK if test.significant else "")
-    return f" ({delta:+.3f}{mark})"
+    return f" ({number(delta, signed=True)}{mark})"
 
 
 def cell_texts(table: Table, emphasise: Callable[[str], str] = lambda s: s) -> pd.DataFrame:
@@ -164,4 +162,10 @@ def footnotes(table: Table, best_marker: str) -> list[str]:
                 untested[(where, reason)] = untested.get((where, reason), 0) + 1
     for (where, reason), count in untested.items():
         notes.append(f"{UNTESTED_MARK} not tested for {where} ({count} cells): {reason}.")
+    scales = {(row[1], test.scale) for (row, _), test in table.tests.items() if test.scale and row in table.values.index}
+    for metric, scale in sorted(scales):
+        notes.append(
+            f"{metric}: differences are shown in {metric} but tested on the {scale}; {metric} is a monotone "
+            f"function of it, and resampling {metric} itself would be distorted by its skew."
+        )
     return notes
