@@ -241,7 +241,7 @@ def score_task(prep: PreparedTask, k: int, model: Model, settings: Settings) -> 
         if task.output_type == "loglikelihood":
             per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
         elif task.output_type == "multiple_choice":
-            preds = metrics.choice_predictions(out, uncond[i] if uncond is not None else None)
+            preds = metrics.choice_predictions(out, query.choices, uncond[i] if uncond is not None else None)
             sample["predictions"] = {m: preds[m] for m in task.metrics}
             per = {m: float(preds[m] == query.gold) for m in task.metrics}
         else:
