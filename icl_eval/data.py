@@ -188,9 +188,13 @@ def _parse_literals(docs: list[Doc], src: DataSource, path: Path) -> None:
 
 
 def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc]:
-    """Each document becomes {field: expression over the raw record}; no mapping keeps documents as they are."""
+    """Each document becomes {field: expression over the raw record}; no mapping keeps documents as they are.
+
+    Besides the record's fields, an expression may call the answer-choosing functions of icl_eval.answers
+    (`canonical_alias(answers)`, `first_clean_answer(answers)`); a record field of the same name wins."""
     if not mapping:
         return docs
+    from icl_eval.answers import FIELD_FUNCTIONS
     from icl_eval.prompts import call_expression, compile_expression
 
     compiled = {name: compile_expression(expr, f"{where}.{name}") for name, expr in mapping.items()}
@@ -199,7 +203,7 @@ def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc
         doc = {}
         for name, fn in compiled.items():
             try:
-                doc[name] = call_expression(fn, **raw, doc=raw)
+                doc[name] = call_expression(fn, **{**FIELD_FUNCTIONS, **raw}, doc=raw)
             except Exception as e:  # a missing field or a Python error inside the expression
                 raise IclEvalError(f"{where}.{name}: example {i}: {type(e).__name__}: {e}; the record's fields are: {', '.join(sorted(raw))}") from None
         out.append(doc)

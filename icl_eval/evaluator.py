@@ -276,7 +276,7 @@ def _score_samples(prep: PreparedTask, outs: list, uncond: list | None, samples:
             per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
         elif task.output_type == "multiple_choice":
             query = prep.example(sample["doc_id"])
-            preds = metrics.choice_predictions(out, uncond[i] if uncond is not None else None)
+            preds = metrics.choice_predictions(out, query.choices, uncond[i] if uncond is not None else None)
             sample["predictions"] = {m: preds[m] for m in task.metrics}
             per = {m: float(preds[m] == query.gold) for m in task.metrics}
         else:

@@ -31,10 +31,27 @@ def mean_stderr(items: Sequence[float]) -> tuple[float, float | None]:
 
 
 def perplexity(loglikelihoods: Sequence[float]) -> tuple[float, float | None]:
-    """exp(-mean log-likelihood of the gold continuation), lm-eval's per-document definition; delta-method stderr."""
+    """exp(-mean log-likelihood of the gold continuation), lm-eval's per-document definition; delta-method stderr.
+
+    Computed in log space: a document-level mean log-likelihood below about -709 makes the perplexity exceed the
+    largest float, and it is then reported as inf (json writes Infinity) instead of raising OverflowError after
+    all the compute. The stderr, perplexity * stderr(mean ll), is exp(log perplexity + log stderr), so it stays
+    finite whenever it fits, even when the perplexity itself does not."""
     mean_ll, se = mean_stderr(loglikelihoods)
-    value = math.exp(-mean_ll)
-    return value, (value * se if se is not None else None)
+    if math.isnan(mean_ll):
+        return float("nan"), None
+    value = _exp(-mean_ll)
+    if se is None:
+        return value, None
+    return value, (0.0 if se == 0 else _exp(-mean_ll + math.log(se)))
+
+
+def _exp(x: float) -> float:
+    """math.exp saturating to inf instead of raising OverflowError."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return float("inf")
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -137,6 +154,7 @@ METRICS: dict[str, Metric] = {
     "acc": Metric(mean_stderr, output_types=("loglikelihood", "multiple_choice")),
     "perplexity": Metric(perplexity, higher_is_better=False),
     "acc_norm": Metric(mean_stderr, output_types=_MC),
+    "acc_norm_token": Metric(mean_stderr, output_types=_MC),
     "acc_uncond": Metric(mean_stderr, output_types=_MC),
     "exact_match": Metric(mean_stderr, output_types=_GEN),
     "f1": Metric(mean_stderr, output_types=_GEN),
@@ -186,12 +204,24 @@ def _argmax(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def choice_predictions(results: Sequence[LoglikelihoodResult], uncond: Sequence[LoglikelihoodResult] | None = None) -> dict[str, int]:
-    """acc: largest sum of log-probs; acc_norm: largest per character of the continuation;
-    acc_uncond: largest log P(choice | context) - log P(choice | neutral context)."""
+def choice_predictions(
+    results: Sequence[LoglikelihoodResult], choices: Sequence[str], uncond: Sequence[LoglikelihoodResult] | None = None
+) -> dict[str, int]:
+    """The candidate each multiple-choice rule picks (docs/tasks.md has the table).
+
+    acc: largest log-likelihood. acc_norm: largest log-likelihood per character of the choice text, without the
+    target delimiter: lm-evaluation-harness's definition (`ll / len(choice)` over its `doc_to_choice`), so for
+    partial scoring (Winogrande) it divides the shared continuation's log-likelihood by the length of each option's
+    context, as lm-eval's Winogrande choices are. acc_norm_token: largest log-likelihood per scored token (the GPT-3
+    paper's normalisation). acc_uncond: largest log P(continuation | context) - log P(continuation | neutral context).
+    An empty choice or continuation counts as length 1, so nothing divides by zero."""
+    if len(choices) != len(results):
+        raise ValueError(f"{len(results)} candidate results for {len(choices)} choices")
+    lls = [r.loglikelihood for r in results]
     preds = {
-        "acc": _argmax([r.loglikelihood for r in results]),
-        "acc_norm": _argmax([r.loglikelihood / max(r.n_chars, 1) for r in results]),
+        "acc": _argmax(lls),
+        "acc_norm": _argmax([ll / max(len(c), 1) for ll, c in zip(lls, choices)]),
+        "acc_norm_token": _argmax([r.loglikelihood / max(r.n_tokens, 1) for r in results]),
     }
     if uncond is not None:
         preds["acc_uncond"] = _argmax([r.loglikelihood - u.loglikelihood for r, u in zip(results, uncond)])

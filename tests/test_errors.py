@@ -158,6 +158,14 @@ CASES += [
     ("tasks-unknown-option", lambda d, c: ["tasks", "--data-dir", str(d)], ("unrecognized arguments: --data-dir", "see `icl-eval tasks --help`")),
 ]
 
+# --- answer lists of closed-book QA data (icl_eval.answers, called from a task's field mapping) ---
+_ALIAS_TASK = TASK.replace("  local: t.jsonl", '  local: t.jsonl\n  fields: {q: q, a: "canonical_alias(answers)"}')
+_ALIAS_DATA = json.dumps({"q": "who?", "answers": ["Kit Carson"]}) + "\n" + json.dumps({"q": "what?", "answers": []}) + "\n"
+CASES.extend([
+    ("empty-alias-list", lambda d, c: run_task(d, c, task=_ALIAS_TASK, data=_ALIAS_DATA), ("t.jsonl (data.fields).a", "example 1", "non-empty list of answer aliases", "got []")),
+    ("alias-list-is-a-string", lambda d, c: run_task(d, c, task=_ALIAS_TASK, data=json.dumps({"q": "who?", "answers": "Kit Carson"}) + "\n"), ("t.jsonl (data.fields).a", "example 0", "non-empty list", "'Kit Carson'")),
+])
+
 
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):

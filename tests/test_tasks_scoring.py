@@ -166,5 +166,5 @@ def test_multi_reference_bleu_uses_every_reference():
 
 def test_choice_predictions_break_ties_to_the_first():
     r = [LoglikelihoodResult(-1.0, 1, 4, False), LoglikelihoodResult(-1.0, 1, 4, False)]
-    assert metrics.choice_predictions(r) == {"acc": 0, "acc_norm": 0}
+    assert metrics.choice_predictions(r, ["abc", "abc"]) == {"acc": 0, "acc_norm": 0, "acc_norm_token": 0}
     assert math.isnan(metrics.aggregate("bleu", [])[0])
