@@ -34,3 +34,17 @@ class GenerationResult:
     text: str  # cut before the first stop sequence
     n_tokens: int
     left_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class RollingRequest:
+    text: str  # a whole document, scored token by token in windows of the model's context (perplexity)
+
+
+@dataclass(frozen=True)
+class RollingResult:
+    loglikelihood: float  # sum of log-probs of every token of the document, each scored once
+    n_tokens: int
+    n_words: int  # lm-eval's count, len(re.split(r"\s+", text)): the word perplexity's denominator
+    n_bytes: int  # UTF-8 bytes: the denominator of byte perplexity and bits per byte
+    finite: bool = True  # False when any window's logits held NaN or inf: the document is flagged, not scored
