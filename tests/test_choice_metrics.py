@@ -51,7 +51,7 @@ def test_piqa_acc_norm_uses_the_solution_text_not_the_continuation(inline_root):
     s = _samples(task, model, inline_root)[0]
     assert s["predictions"] == {"acc": 0, "acc_norm": 1, "acc_norm_token": 0}
     # The log lets anyone recompute acc_norm: the candidate's text is the divisor; n_chars is the scored continuation.
-    assert [c["text"] for c in s["candidates"]] == ["Put it in rice.", "Put it in water."]
+    assert [c["text"] for c in s["candidates"]] == [" Put it in rice.", " Put it in water."]  # the exact continuations scored
     assert [c["n_chars"] for c in s["candidates"]] == [16, 17]
 
 
@@ -62,5 +62,5 @@ def test_partial_scoring_acc_norm_divides_by_each_option_context_as_lm_eval(inli
     model = TableModel({("as the trophy", " was too big."): -4.4, ("as the case", " was too big."): -4.3})
     task = dataclasses.replace(load_task("winogrande"), metrics=("acc", "acc_norm", "acc_norm_token"))
     s = _samples(task, model, inline_root)[3]
-    assert [len(c["text"]) for c in s["candidates"]] == [45, 43]
+    assert [len(c["context"]) for c in s["candidates"]] == [45, 43]  # 0-shot: each option's own context
     assert s["predictions"] == {"acc": 1, "acc_norm": 0, "acc_norm_token": 1}
