@@ -14,17 +14,16 @@ from icl_eval.errors import IclEvalError
 from icl_eval.registry import builtin_dir
 from icl_eval.task_config import TaskConfig
 
-# The blocks a template must define, by output type. Multiple choice takes its candidates from the YAML's
-# `choices`: full scoring needs only `input`; partial scoring only `target` (the continuation all options share).
-# An optional `input_zero_shot` block replaces `input` for the query of a zero-shot prompt (GPT-3 translation).
+# The blocks a template may define; each kind says which it requires (kinds/). An optional `input_zero_shot` block replaces `input` for the query of a zero-shot prompt (GPT-3 translation).
 BLOCKS = ("input", "target")
 ZERO_SHOT_BLOCK = "input_zero_shot"
 
 
 def required_blocks(task: TaskConfig) -> tuple[str, ...]:
-    if task.output_type == "multiple_choice":
-        return ("target",) if task.scoring == "partial" else ("input",)
-    return BLOCKS
+    """The blocks a task's template must define: its kind decides (multiple choice needs fewer)."""
+    from icl_eval.kinds import kind_of  # late: kinds render through this module
+
+    return kind_of(task.output_type, task.path).required_blocks(task)
 
 
 @dataclass(frozen=True)
@@ -114,7 +113,7 @@ def eval_expression(task: TaskConfig, key: str, doc: dict, doc_id: int):
         raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {type(e).__name__}: {e}") from None
 
 
-def _string_list(task: TaskConfig, key: str, value, doc_id: int) -> tuple[str, ...]:
+def string_list(task: TaskConfig, key: str, value, doc_id: int) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise IclEvalError(f"{task.path}: '{key}: {getattr(task, key)}' must give a non-empty list of strings, got {value!r} for doc {doc_id}")
     return tuple(str(v) for v in value)
@@ -149,26 +148,9 @@ def render_example(task: TaskConfig, doc: dict, doc_id: int = 0) -> tuple[str, s
     return render_block(task, "input", doc, doc_id), render_block(task, "target", doc, doc_id)
 
 
-def render(task: TaskConfig, doc: dict, doc_id: int) -> Example:
-    inp, tgt = render_example(task, doc, doc_id)
-    zero = render_block(task, ZERO_SHOT_BLOCK, doc, doc_id) if ZERO_SHOT_BLOCK in load_template(task).blocks else None
-    if task.output_type == "generate":
-        refs = _string_list(task, "references", eval_expression(task, "references", doc, doc_id), doc_id) if task.references else (tgt,)
-        return Example(doc_id, inp, tgt, references=refs, input_zero_shot=zero)
-    if task.output_type != "multiple_choice":
-        return Example(doc_id, inp, tgt, input_zero_shot=zero)
-    choices = _string_list(task, "choices", eval_expression(task, "choices", doc, doc_id), doc_id)
-    gold = eval_expression(task, "gold", doc, doc_id)
-    try:
-        gold = int(gold)
-    except (TypeError, ValueError):
-        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' must give a choice index, got {gold!r} for doc {doc_id}") from None
-    if not 0 <= gold < len(choices):
-        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' gives {gold} for doc {doc_id}, which has {len(choices)} choices (0-based)")
-    if task.scoring == "partial":
-        inputs = tuple(inp + c for c in choices)
-        return Example(doc_id, inputs[gold], tgt, inputs, gold)
-    return Example(doc_id, inp, choices[gold], choices, gold, input_zero_shot=zero)
+def render_zero_shot(task: TaskConfig, doc: dict, doc_id: int) -> str | None:
+    """The optional zero-shot form of the query (GPT-3 translation), or None when the template has none."""
+    return render_block(task, ZERO_SHOT_BLOCK, doc, doc_id) if ZERO_SHOT_BLOCK in load_template(task).blocks else None
 
 
 def query_input(example: Example, shots: int) -> str:
