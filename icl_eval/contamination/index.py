@@ -158,9 +158,23 @@ def choose_n(ngram: str, lengths: list[int]) -> int:
             return DEFAULT_N
         p5 = int(np.percentile(np.asarray(lengths), 5, method="lower"))
         return min(max(p5, GPT3_RANGE[0]), GPT3_RANGE[1])
-    if ngram.isdigit() and int(ngram) > 0:
-        return int(ngram)
-    raise IclEvalError(f"--ngram {ngram!r}: give a positive number of words (13 in the paper) or 'gpt3'")
+    return parse_ngram(ngram)  # type: ignore[return-value]
+
+
+def parse_ngram(ngram: str) -> int | str:
+    """--ngram's value: a positive whole number of words, or 'gpt3'.
+
+    int() decides, not str.isdigit: '²' is a digit to isdigit but not a number to int.
+    """
+    if ngram == "gpt3":
+        return ngram
+    try:
+        n = int(ngram)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise IclEvalError(f"--ngram {ngram!r}: give a positive whole number of words (13 in the paper) or 'gpt3'")
+    return n
 
 
 def build_index(named_texts: list[tuple[str, str | list[str], list[tuple[int, str]]]], ngram: str) -> EvalIndex:

@@ -8,7 +8,7 @@ from typing import Any
 from icl_eval.contamination.index import EvalIndex, IndexedExample, percent
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: 'fields' may be a list of document fields; document ids may be the corpus's own
 DOCS_SHOWN = 3
 
 
