@@ -209,23 +209,20 @@ class DocBatch:
     texts: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # line (or parquet row) number of each document
     row_sep: str = ":"
-    ids: list[object] = field(default_factory=list)  # the record's own `id` (None where it has none); empty: none has
+    ids: list[object] = field(default_factory=list)  # per document: the record's own `id` field, None without one
 
     def doc_id(self, i: int) -> str:
         """The corpus's own id of the document when it has one (a string or integer `id`), else file:line."""
-        own = self.ids[i] if self.ids else None
+        own = self.ids[i]
         if isinstance(own, str) or isinstance(own, int) and not isinstance(own, bool):
             return str(own)
         return f"{self.url}{self.row_sep}{self.lines[i]}"
 
     def extend(self, other: "DocBatch", start: int = 0, end: int | None = None) -> None:
-        """Append other's documents [start, end), keeping each one's id."""
-        if other.ids and not self.ids:
-            self.ids = [None] * len(self.texts)
+        """Append other's documents [start, end)."""
         self.texts += other.texts[start:end]
         self.lines += other.lines[start:end]
-        if self.ids:
-            self.ids += other.ids[start:end] if other.ids else [None] * len(other.texts[start:end])
+        self.ids += other.ids[start:end]
 
 
 def _jsonl_one_by_one(lines: bytes, first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
@@ -280,6 +277,7 @@ def _text_block(lines: bytes, first: int, out: DocBatch, problems: Problems) -> 
         if text.strip():
             out.texts.append(text)
             out.lines.append(lineno)
+            out.ids.append(None)
 
 
 def _read_blocks(shard: Shard, text_field: str, problems: Problems) -> Iterator[DocBatch]:
@@ -337,8 +335,7 @@ def _parquet(raw: IO[bytes], url: str, text_field: str, problems: Problems) -> I
             if isinstance(text, str):
                 out.texts.append(text)
                 out.lines.append(row)
-                if ids is not None:
-                    out.ids.append(ids[i])
+                out.ids.append(ids[i] if ids is not None else None)
             else:
                 problems.add("missing_text_field", f"{url}#{row}", f"column '{text_field}' is not text here")
         yield out
