@@ -319,3 +319,57 @@ def test_compare_bad_sample_logs_are_one_clear_line(make_argv, needles, tmp_path
     assert "Traceback" not in captured.err
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+# --- contamination: options, task fields and reports (one line, exit 2, before any model loads) -----------------
+
+
+def _contamination(d: Path, *extra: str, task: str = TASK) -> list[str]:
+    (d / "c.jsonl").write_text(json.dumps({"text": "a b c"}) + "\n")
+    return ["contamination", "--tasks", str(write_task(d, task)), "--data-dir", str(d), "--corpus", str(d / "c.jsonl"),
+            "--output", str(d / "out"), "--no-cache", *extra]
+
+
+def _report(d: Path, text: str) -> Path:
+    (d / "contamination.json").write_text(text)
+    return d / "contamination.json"
+
+
+GOOD_REPORT = {"report_version": 2, "tasks": {"t": {"n": 13, "examples": [{"doc_id": 0, "dirty": True}]}}}
+
+CONTAMINATION_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("ngram-superscript", lambda d, c: _contamination(d, "--ngram", "²"), ("--ngram '²'", "positive whole number", "'gpt3'")),
+    ("ngram-zero", lambda d, c: _contamination(d, "--ngram", "0"), ("--ngram '0'", "positive whole number")),
+    ("ngram-word", lambda d, c: _contamination(d, "--ngram", "thirteen"), ("--ngram 'thirteen'",)),
+    ("workers-superscript", lambda d, c: _contamination(d, "--workers", "²"), ("--workers", "invalid int value: '²'")),
+    ("workers-zero", lambda d, c: _contamination(d, "--workers", "0"), ("--workers 0", "must be >= 1")),
+    ("boilerplate-zero", lambda d, c: _contamination(d, "--boilerplate", "0"), ("--boilerplate 0", "must be >= 1")),
+    ("boilerplate-superscript", lambda d, c: _contamination(d, "--boilerplate", "¹⁰"), ("--boilerplate", "invalid int value")),
+    ("seed-superscript", lambda d, c: _contamination(d, "--seed", "³"), ("--seed", "invalid int value")),
+    ("contamination-fields-bad", lambda d, c: _contamination(d, task=TASK + "contamination_fields: everything\n"), ("t.yaml", "'contamination_fields'", "list of document fields", "input, target, both")),
+    ("contamination-fields-empty", lambda d, c: _contamination(d, task=TASK + "contamination_fields: []\n"), ("t.yaml", "'contamination_fields'",)),
+    ("contamination-field-missing", lambda d, c: _contamination(d, task=TASK + "contamination_fields: [question]\n"), ("t.yaml", "'contamination_fields' entry 'question'", "doc 0", "fields are: a, q")),
+    ("contamination-field-not-text", lambda d, c: _contamination(d, task=TASK + "contamination_fields: [\"{'k': q}\"]\n"), ("t.yaml", "gives dict for doc 0", "name a text field")),
+    ("run-report-truncated", lambda d, c: run_task(d, c, "--contamination", str(_report(d, json.dumps(GOOD_REPORT)[:30]))), ("--contamination", "contamination.json", "not a JSON report")),
+    ("run-report-wrong-type", lambda d, c: run_task(d, c, "--contamination", str(_report(d, json.dumps({"tasks": {"t": {"n": 13, "examples": [{"doc_id": 0, "dirty": "yes"}]}}})))), ("contamination.json", "'tasks.t.examples[0].dirty' must be true or false")),
+    ("run-report-missing-key", lambda d, c: run_task(d, c, "--contamination", str(_report(d, json.dumps({"tasks": {"t": {"examples": []}}})))), ("contamination.json", "'tasks.t' has no field 'n'")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CONTAMINATION_CASES], ids=[c[0] for c in CONTAMINATION_CASES])
+def test_contamination_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from icl_eval.models.hf import HFModel
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(HFModel, "load", classmethod(lambda cls, *a, **k: pytest.fail("the model loaded before the bad input was refused")))
+    argv = make_argv(tmp_path, tiny_checkpoint)
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("icl-eval")]
+    assert len(lines) == 1 and lines[0].startswith("icl-eval: error: "), err
+    assert "Traceback" not in err and "Traceback" not in captured.out
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    assert not (tmp_path / "out" / "contamination.json").exists()
