@@ -209,9 +209,6 @@ class HFModel:
             raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
         if len(tokenizer) <= 1 or not tokenizer("a", add_special_tokens=False).input_ids:  # transformers builds an empty one when files are missing
             raise IclEvalError(f"--model {path}: cannot load its tokenizer (no tokenizer files found, it would be empty); the folder needs tokenizer.json or vocab files")
-        vocab_size = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size", None)
-        if isinstance(vocab_size, int):  # before the weights load: a mismatched tokenizer should cost no load time
-            _check_vocabulary(f"--model {path}", len(tokenizer), vocab_size, "config.json's vocab_size is {}")
         try:
             # device_map="auto": accelerate places layers over every visible GPU (then CPU), for models too big for one.
             extra = {"device_map": device_map} if device_map else {}
@@ -228,6 +225,9 @@ class HFModel:
             why = "a pickled weights file holds objects other than tensors; loading it could run code" if "Unpickl" in type(e).__name__ else f"{type(e).__name__}: {str(e).strip()[:200]}".splitlines()[0]
             raise IclEvalError(f"--model {path}: cannot load weights ({why}); use a checkpoint saved as safetensors") from None
         _check_loading_info(path, model, info)
+        vocab_size = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size", None)
+        if isinstance(vocab_size, int):  # after the load: a config that is no causal LM at all says so first
+            _check_vocabulary(f"--model {path}", len(tokenizer), vocab_size, "config.json's vocab_size is {}")
         if not device_map:
             model.to(dev)
         name = local.name if local.is_dir() else path
