@@ -82,7 +82,7 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
-def _damaged(path: Path, e: Exception) -> IclEvalError:
+def _damaged(path: Path, e: Exception | str) -> IclEvalError:
     return IclEvalError(
         f"--cache {path}: the SQLite file is damaged ({e}); delete it (its responses are recomputed), pass another --cache PATH, or --no-cache"
     )

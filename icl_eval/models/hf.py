@@ -84,7 +84,7 @@ def _check_checkpoint_folder(path: str, folder: Path) -> None:
 
 
 def _check_vocabulary(where: str, tokenizer_size: int, rows: int, what: str) -> None:
-    """Every id the tokenizer can produce must have an embedding row: a larger id crashes or reads another token."""
+    """Every id the tokenizer can produce must have an embedding row: a larger id fails mid-run (an index error)."""
     if tokenizer_size > rows:
         raise IclEvalError(
             f"{where}: the tokenizer has {tokenizer_size} tokens (ids up to {tokenizer_size - 1}) but {what.format(rows)}; "
@@ -278,7 +278,7 @@ class HFModel:
         return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
 
     def fingerprint(self) -> str:
-        """Identifies config, dtype, weights (safetensors header + sampled bytes, or hub revision), tokenizer, BOS policy."""
+        """Identifies config, dtype, weights (every byte of the files, or the hub revision), tokenizer, BOS policy."""
         from icl_eval.models.fingerprint import model_fingerprint
 
         if not hasattr(self, "_fingerprint"):  # hashing weight files costs I/O: once per loaded model
