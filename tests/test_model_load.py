@@ -88,22 +88,25 @@ def test_mismatched_shapes_are_one_line(tiny_checkpoint, tmp_path):
 # --- a vocabulary smaller than the tokenizer's ids ----------------------------------------------------------------
 
 
-def test_a_tokenizer_bigger_than_the_vocabulary_is_refused_at_load(tiny_checkpoint, tmp_path, gpt2_tokenizer):
+def test_a_tokenizer_bigger_than_the_vocabulary_is_refused_at_load(tiny_checkpoint, tmp_path):
+    from transformers import AutoTokenizer
+
     from icl_eval.models.tiny import tiny_gpt2
 
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
     small = tmp_path / "small-vocab"
-    n = len(gpt2_tokenizer) - 40
+    n = len(tokenizer) - 40
     tiny_gpt2(n, n_positions=64).save_pretrained(small)
     for f in tiny_checkpoint.iterdir():
         if f.name.startswith(("tokenizer", "vocab", "merges", "special")):
             shutil.copy(f, small / f.name)
     message = _load_error(small)
-    assert f"tokenizer has {len(gpt2_tokenizer)} tokens" in message and f"vocab_size is {n}" in message
+    assert f"tokenizer has {len(tokenizer)} tokens" in message and f"vocab_size is {n}" in message
     # A config that claims enough rows while the embedding matrix has fewer (a model built in code) is caught too.
     model = tiny_gpt2(n, n_positions=64)
-    model.config.vocab_size = len(gpt2_tokenizer)
+    model.config.vocab_size = len(tokenizer)
     with pytest.raises(IclEvalError, match=f"embedding matrix has only {n} rows"):
-        HFModel(model, gpt2_tokenizer, name="tiny")
+        HFModel(model, tokenizer, name="tiny")
 
 
 # --- folders that cannot be read, or hold checkpoints ------------------------------------------------------------
