@@ -167,6 +167,57 @@ CASES.extend([
 ])
 
 
+# --- the model and the cache: weights, vocabulary, folders, devices, damaged cache files ---
+
+
+def _weights_edited(d: Path, ckpt: Path, change: Callable[[dict], dict]) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    dst = checkpoint_copy(d, ckpt)
+    save_file(change(load_file(str(dst / "model.safetensors"))), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def _small_vocab(d: Path, ckpt: Path) -> Path:
+    from icl_eval.models.tiny import tiny_gpt2
+
+    dst = checkpoint_copy(d, ckpt, drop=lambda name: not name.startswith(("tokenizer", "vocab", "merges", "special")))
+    tiny_gpt2(100, n_positions=64).save_pretrained(dst)  # a model of 100 tokens beside a tokenizer of many more
+    return dst
+
+
+def _folder_of_checkpoints(d: Path, ckpt: Path) -> Path:
+    for step in ("step-100", "step-200"):
+        shutil.copytree(ckpt, d / "runs" / step)
+    return d / "runs"
+
+
+def _zeroed_cache_pages(d: Path, ckpt: Path) -> list[str]:
+    import sqlite3
+
+    path = d / "zeroed.sqlite"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL)")
+        con.executemany("INSERT INTO responses VALUES (?, 'generate', ?)", [(f"k{i:06d}", "x" * 200) for i in range(400)])
+    with open(path, "r+b") as f:
+        f.seek(3 * 4096)
+        f.write(b"\0" * 4 * 4096)
+    return run_builtin(d, ckpt, "--cache", str(path))
+
+
+MODEL_AND_CACHE_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("weights-missing-tensor", lambda d, c: run_builtin(d, _weights_edited(d, c, lambda sd: {k: v for k, v in sd.items() if k != "transformer.ln_f.weight"})), ("--model", "1 missing (transformer.ln_f.weight)", "random numbers")),
+    ("weights-renamed", lambda d, c: run_builtin(d, _weights_edited(d, c, lambda sd: {"base." + k: v for k, v in sd.items()})), ("--model", "missing (transformer.", "unexpected (base.transformer.")),
+    ("vocab-smaller-than-tokenizer", lambda d, c: run_builtin(d, _small_vocab(d, c)), ("--model", "the tokenizer has", "config.json's vocab_size is 100", "use the tokenizer that belongs to this checkpoint")),
+    ("model-folder-of-checkpoints", lambda d, c: run_builtin(d, _folder_of_checkpoints(d, c)), ("--model", "a folder of checkpoints", "step-100, step-200")),
+    ("device-unknown", lambda d, c: run_builtin(d, c, "--device", "tpu9"), ("--device tpu9", "use cpu, cuda, cuda:N, mps or auto")),
+    ("device-gpu", lambda d, c: run_builtin(d, c, "--device", "gpu"), ("--device gpu", "use --device cuda")),
+    ("device-meta", lambda d, c: run_builtin(d, c, "--device", "meta"), ("--device meta", "holds no weights")),
+    ("cache-zeroed-pages", _zeroed_cache_pages, ("--cache", "zeroed.sqlite", "damaged", "delete it", "--no-cache")),
+]
+CASES += MODEL_AND_CACHE_CASES
+
+
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
