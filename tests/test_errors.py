@@ -149,9 +149,6 @@ if not torch.cuda.is_available():
 CASES += [
     ("batch-size-superscript", lambda d, c: run_builtin(d, c, "--batch-size", "\u00b2"), ("--batch-size '\u00b2'", "positive integer or 'auto'")),
     ("batch-size-non-ascii-digit", lambda d, c: run_builtin(d, c, "--batch-size", "\u0663"), ("--batch-size '\u0663'", "positive integer or 'auto'")),
-    ("device-tpu9", lambda d, c: run_builtin(d, c, "--device", "tpu9"), ("--device tpu9: unknown device; use cpu, cuda, cuda:N or auto",)),
-    ("device-gpu", lambda d, c: run_builtin(d, c, "--device", "gpu"), ("--device gpu: unknown device",)),
-    ("device-meta", lambda d, c: run_builtin(d, c, "--device", "meta"), ("--device meta: unknown device",)),
     ("output-empty", lambda d, c: ["run", "--model", str(c), "--tasks", "arithmetic_2da", "--output", ""], ("--output ''", "give a folder")),
     ("prompt-shots-negative", lambda d, c: ["prompt", "arithmetic_2da", "--shots", "-3"], ("--shots -3", "must be >= 0")),
     ("prompt-index-negative", lambda d, c: ["prompt", "arithmetic_2da", "--index", "-1"], ("--index -1", "doc ids 0..")),

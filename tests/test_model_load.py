@@ -15,7 +15,8 @@ import torch
 
 from icl_eval.cli import main
 from icl_eval.errors import IclEvalError
-from icl_eval.models.hf import HFModel, parse_device
+from icl_eval.devices import validate_device as parse_device
+from icl_eval.models.hf import HFModel
 
 
 def _copy(ckpt: Path, dst: Path) -> Path:

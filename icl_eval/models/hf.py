@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from icl_eval.batching import group_shared_prefixes, is_out_of_memory, plan_batches, run_splitting_on_oom
+from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
 
@@ -32,35 +33,10 @@ class Encoded:
     continuation: list[int]
 
 
-DEVICES = "cpu, cuda, cuda:N, mps or auto"
-
-
-def parse_device(value: str) -> str:
-    """Validate a --device value without loading anything: its canonical form ('auto' stays 'auto').
-
-    Refuses, as one IclEvalError with the fix, a device torch does not know for running a model (tpu9, gpu,
-    meta) and one this machine lacks (cuda without CUDA, cuda:3 with two GPUs, mps off a Mac).
-    """
-    name = value.strip().lower()
-    match = re.fullmatch(r"(cpu|cuda|mps|auto)(?::(\d+))?", name)
-    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
-        hint = {"gpu": "; for a GPU use --device cuda (or cuda:N)", "meta": "; 'meta' holds no weights, so nothing can run on it"}.get(name.split(":")[0], "")
-        raise IclEvalError(f"--device {value}: not a device icl-eval can run on; use {DEVICES}{hint}")
-    kind, index = match.groups()
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise IclEvalError(f"--device {value}: no CUDA device is visible; use --device cpu or auto")
-        count = torch.cuda.device_count()
-        if index is not None and int(index) >= count:
-            raise IclEvalError(f"--device {value}: only {count} CUDA device(s) are visible; use cuda:0 to cuda:{count - 1} (or cuda)")
-        return f"cuda:{int(index)}" if index is not None else "cuda"
-    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise IclEvalError(f"--device {value}: Apple's MPS backend is not available on this machine; use --device cpu or auto")
-    return kind
 
 
 def _device(name: str) -> torch.device:
-    name = parse_device(name)
+    name = validate_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
