@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -88,6 +89,20 @@ def _damaged(path: Path, e: Exception | str) -> IclEvalError:
     )
 
 
+def _while_locked(step: Callable[[], object], seconds: float = 30.0) -> None:
+    """Run a set-up step, retrying while another process holds the lock: switching to WAL (data-parallel ranks
+    opening one cache at once) returns SQLITE_BUSY at once instead of waiting out the busy timeout."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class ResponseCache:
     """One SQLite file in WAL mode: readers never block the writer, and a killed writer loses at most its open batch.
 
@@ -105,10 +120,9 @@ class ResponseCache:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=30)
-                self.db.execute("PRAGMA journal_mode=WAL")
+                _while_locked(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
                 self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses no committed row, only speed is traded
-                self.db.execute(_SCHEMA)
-                self.db.commit()
+                _while_locked(lambda: (self.db.execute(_SCHEMA), self.db.commit()))
         except sqlite3.DatabaseError as e:
             raise IclEvalError(f"--cache {self.path}: not a usable SQLite response cache ({e}); delete the file, pass another --cache PATH, or --no-cache") from None
         except OSError as e:
