@@ -6,25 +6,29 @@ import re
 
 from icl_eval.errors import IclEvalError
 
-_CUDA = re.compile(r"cuda(?::([0-9]+))?")
+DEVICES = "cpu, cuda, cuda:N, mps or auto"
+_NAME = re.compile(r"(cpu|cuda|mps|auto)(?::([0-9]+))?")
+_HINTS = {"gpu": "; for a GPU use --device cuda (or cuda:N)", "meta": "; 'meta' holds no weights, so nothing can run on it"}
 
 
 def check_device(value: str, cuda_count: int, mps_available: bool) -> str:
-    """The device name as given, if this machine has it; pure: the caller says what the machine has."""
-    if value in ("auto", "cpu"):
-        return value
-    if value == "mps":
-        if not mps_available:
-            raise IclEvalError("--device mps: no Apple MPS device is available; use --device cpu or auto")
-        return value
-    match = _CUDA.fullmatch(value)
-    if match is None:
-        raise IclEvalError(f"--device {value}: unknown device; use cpu, cuda, cuda:N or auto")
+    """The canonical device name ('auto' stays 'auto'), if this machine has it; pure: the caller says what the
+    machine has. Refuses, as one line with the fix, a device torch cannot run a model on (tpu9, gpu, meta)
+    and one this machine lacks (cuda without CUDA, cuda:3 with two GPUs, mps off a Mac)."""
+    name = value.strip().lower()
+    match = _NAME.fullmatch(name)
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise IclEvalError(f"--device {value}: not a device icl-eval can run on; use {DEVICES}{_HINTS.get(name.split(':')[0], '')}")
+    kind, index = match.groups()
+    if kind == "mps" and not mps_available:
+        raise IclEvalError(f"--device {value}: Apple's MPS backend is not available on this machine; use --device cpu or auto")
+    if kind != "cuda":
+        return kind
     if cuda_count == 0:
         raise IclEvalError(f"--device {value}: no CUDA device is visible; use --device cpu or auto")
-    if match.group(1) is not None and int(match.group(1)) >= cuda_count:
+    if index is not None and int(index) >= cuda_count:
         raise IclEvalError(f"--device {value}: only {cuda_count} CUDA device(s) are visible (cuda:0 to cuda:{cuda_count - 1}); pick one of them or use --device cuda")
-    return value
+    return f"cuda:{int(index)}" if index is not None else "cuda"
 
 
 def validate_device(value: str) -> str:

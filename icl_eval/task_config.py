@@ -68,7 +68,9 @@ class TaskConfig:
     scoring: str = "full"
     uncond_context: str = "Answer:"
     template_vars: dict[str, Any] = field(default_factory=dict)  # extra variables for the template (one template, many tasks)
-    contamination_fields: str = "both"  # input | target | both: what the n-gram check reads
+    # What the n-gram check reads: document fields (names or Jinja expressions, a list) or, as before,
+    # input | target | both of the rendered template (template words included).
+    contamination_fields: str | tuple[str, ...] = "both"
     prompts_dir: str = ""  # where `template` is looked up first
 
     def config_hash(self) -> str:
@@ -76,6 +78,7 @@ class TaskConfig:
         d = dataclasses.asdict(self)
         d.pop("path")
         d.pop("prompts_dir")
+        d.pop("contamination_fields")  # read only by `icl-eval contamination`, not by any request
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -128,11 +131,21 @@ def _data_source(raw: Any, where: str) -> DataSource:
     return src
 
 
+def _contamination_fields(value: Any, path: str) -> str | tuple[str, ...]:
+    if value in ("input", "target", "both"):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        return tuple(value)
+    raise IclEvalError(f"{path}: 'contamination_fields' must be a list of document fields (e.g. [question]) or one of input, target, both; got {value!r}")
+
+
 def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
     """Check a parsed YAML mapping against the schema and build the TaskConfig."""
     if not isinstance(raw, dict):
         raise IclEvalError(f"{path}: a task file must be a YAML mapping of keys to values, got {type(raw).__name__}")
     _check_keys(raw, _TASK_KEYS, path)
+    raw = dict(raw)  # contamination_fields is a string or a list: checked on its own, not with the string keys
+    contamination_fields = _contamination_fields(raw.pop("contamination_fields", "both"), path)
     for key in _REQUIRED:
         if key not in raw:
             raise IclEvalError(f"{path}: missing required key '{key}'")
@@ -159,8 +172,7 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
                 raise IclEvalError(f"{path}: '{key}' only applies to output_type multiple_choice (this task is {kw['output_type']})")
     if kw["output_type"] not in OUTPUT_TYPES:
         raise IclEvalError(f"{path}: 'output_type' must be one of {', '.join(OUTPUT_TYPES)}, got {kw['output_type']!r}{_suggest(str(kw['output_type']), OUTPUT_TYPES)}")
-    if kw.get("contamination_fields", "both") not in ("input", "target", "both"):
-        raise IclEvalError(f"{path}: 'contamination_fields' must be input, target or both")
+    kw["contamination_fields"] = contamination_fields
     kw["data"] = _data_source(kw["data"], f"{path} (data)")
     if kw.get("fewshot") is not None:
         kw["fewshot"] = _data_source(kw["fewshot"], f"{path} (fewshot)")

@@ -149,9 +149,6 @@ if not torch.cuda.is_available():
 CASES += [
     ("batch-size-superscript", lambda d, c: run_builtin(d, c, "--batch-size", "\u00b2"), ("--batch-size '\u00b2'", "positive integer or 'auto'")),
     ("batch-size-non-ascii-digit", lambda d, c: run_builtin(d, c, "--batch-size", "\u0663"), ("--batch-size '\u0663'", "positive integer or 'auto'")),
-    ("device-tpu9", lambda d, c: run_builtin(d, c, "--device", "tpu9"), ("--device tpu9: unknown device; use cpu, cuda, cuda:N or auto",)),
-    ("device-gpu", lambda d, c: run_builtin(d, c, "--device", "gpu"), ("--device gpu: unknown device",)),
-    ("device-meta", lambda d, c: run_builtin(d, c, "--device", "meta"), ("--device meta: unknown device",)),
     ("output-empty", lambda d, c: ["run", "--model", str(c), "--tasks", "arithmetic_2da", "--output", ""], ("--output ''", "give a folder")),
     ("prompt-shots-negative", lambda d, c: ["prompt", "arithmetic_2da", "--shots", "-3"], ("--shots -3", "must be >= 0")),
     ("prompt-index-negative", lambda d, c: ["prompt", "arithmetic_2da", "--index", "-1"], ("--index -1", "doc ids 0..")),
@@ -165,6 +162,57 @@ CASES.extend([
     ("empty-alias-list", lambda d, c: run_task(d, c, task=_ALIAS_TASK, data=_ALIAS_DATA), ("t.jsonl (data.fields).a", "example 1", "non-empty list of answer aliases", "got []")),
     ("alias-list-is-a-string", lambda d, c: run_task(d, c, task=_ALIAS_TASK, data=json.dumps({"q": "who?", "answers": "Kit Carson"}) + "\n"), ("t.jsonl (data.fields).a", "example 0", "non-empty list", "'Kit Carson'")),
 ])
+
+
+# --- the model and the cache: weights, vocabulary, folders, devices, damaged cache files ---
+
+
+def _weights_edited(d: Path, ckpt: Path, change: Callable[[dict], dict]) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    dst = checkpoint_copy(d, ckpt)
+    save_file(change(load_file(str(dst / "model.safetensors"))), str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def _small_vocab(d: Path, ckpt: Path) -> Path:
+    from icl_eval.models.tiny import tiny_gpt2
+
+    dst = checkpoint_copy(d, ckpt, drop=lambda name: not name.startswith(("tokenizer", "vocab", "merges", "special")))
+    tiny_gpt2(100, n_positions=64).save_pretrained(dst)  # a model of 100 tokens beside a tokenizer of many more
+    return dst
+
+
+def _folder_of_checkpoints(d: Path, ckpt: Path) -> Path:
+    for step in ("step-100", "step-200"):
+        shutil.copytree(ckpt, d / "runs" / step)
+    return d / "runs"
+
+
+def _zeroed_cache_pages(d: Path, ckpt: Path) -> list[str]:
+    import sqlite3
+
+    path = d / "zeroed.sqlite"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL)")
+        con.executemany("INSERT INTO responses VALUES (?, 'generate', ?)", [(f"k{i:06d}", "x" * 200) for i in range(400)])
+    with open(path, "r+b") as f:
+        f.seek(3 * 4096)
+        f.write(b"\0" * 4 * 4096)
+    return run_builtin(d, ckpt, "--cache", str(path))
+
+
+MODEL_AND_CACHE_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("weights-missing-tensor", lambda d, c: run_builtin(d, _weights_edited(d, c, lambda sd: {k: v for k, v in sd.items() if k != "transformer.ln_f.weight"})), ("--model", "1 missing (transformer.ln_f.weight)", "random numbers")),
+    ("weights-renamed", lambda d, c: run_builtin(d, _weights_edited(d, c, lambda sd: {"base." + k: v for k, v in sd.items()})), ("--model", "missing (transformer.", "unexpected (base.transformer.")),
+    ("vocab-smaller-than-tokenizer", lambda d, c: run_builtin(d, _small_vocab(d, c)), ("--model", "the tokenizer has", "config.json's vocab_size is 100", "use the tokenizer that belongs to this checkpoint")),
+    ("model-folder-of-checkpoints", lambda d, c: run_builtin(d, _folder_of_checkpoints(d, c)), ("--model", "a folder of checkpoints", "step-100, step-200")),
+    ("device-unknown", lambda d, c: run_builtin(d, c, "--device", "tpu9"), ("--device tpu9", "use cpu, cuda, cuda:N, mps or auto")),
+    ("device-gpu", lambda d, c: run_builtin(d, c, "--device", "gpu"), ("--device gpu", "use --device cuda")),
+    ("device-meta", lambda d, c: run_builtin(d, c, "--device", "meta"), ("--device meta", "holds no weights")),
+    ("cache-zeroed-pages", _zeroed_cache_pages, ("--cache", "zeroed.sqlite", "damaged", "delete it", "--no-cache")),
+]
+CASES += MODEL_AND_CACHE_CASES
 
 
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -319,3 +367,57 @@ def test_compare_bad_sample_logs_are_one_clear_line(make_argv, needles, tmp_path
     assert "Traceback" not in captured.err
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+# --- contamination: options, task fields and reports (one line, exit 2, before any model loads) -----------------
+
+
+def _contamination(d: Path, *extra: str, task: str = TASK) -> list[str]:
+    (d / "c.jsonl").write_text(json.dumps({"text": "a b c"}) + "\n")
+    return ["contamination", "--tasks", str(write_task(d, task)), "--data-dir", str(d), "--corpus", str(d / "c.jsonl"),
+            "--output", str(d / "out"), "--no-cache", *extra]
+
+
+def _report(d: Path, text: str) -> Path:
+    (d / "contamination.json").write_text(text)
+    return d / "contamination.json"
+
+
+GOOD_REPORT = {"report_version": 2, "tasks": {"t": {"n": 13, "examples": [{"doc_id": 0, "dirty": True}]}}}
+
+CONTAMINATION_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("ngram-superscript", lambda d, c: _contamination(d, "--ngram", "²"), ("--ngram '²'", "positive whole number", "'gpt3'")),
+    ("ngram-zero", lambda d, c: _contamination(d, "--ngram", "0"), ("--ngram '0'", "positive whole number")),
+    ("ngram-word", lambda d, c: _contamination(d, "--ngram", "thirteen"), ("--ngram 'thirteen'",)),
+    ("workers-superscript", lambda d, c: _contamination(d, "--workers", "²"), ("--workers", "invalid int value: '²'")),
+    ("workers-zero", lambda d, c: _contamination(d, "--workers", "0"), ("--workers 0", "must be >= 1")),
+    ("boilerplate-zero", lambda d, c: _contamination(d, "--boilerplate", "0"), ("--boilerplate 0", "must be >= 1")),
+    ("boilerplate-superscript", lambda d, c: _contamination(d, "--boilerplate", "¹⁰"), ("--boilerplate", "invalid int value")),
+    ("seed-superscript", lambda d, c: _contamination(d, "--seed", "³"), ("--seed", "invalid int value")),
+    ("contamination-fields-bad", lambda d, c: _contamination(d, task=TASK + "contamination_fields: everything\n"), ("t.yaml", "'contamination_fields'", "list of document fields", "input, target, both")),
+    ("contamination-fields-empty", lambda d, c: _contamination(d, task=TASK + "contamination_fields: []\n"), ("t.yaml", "'contamination_fields'",)),
+    ("contamination-field-missing", lambda d, c: _contamination(d, task=TASK + "contamination_fields: [question]\n"), ("t.yaml", "'contamination_fields' entry 'question'", "doc 0", "fields are: a, q")),
+    ("contamination-field-not-text", lambda d, c: _contamination(d, task=TASK + "contamination_fields: [\"{'k': q}\"]\n"), ("t.yaml", "gives dict for doc 0", "name a text field")),
+    ("run-report-truncated", lambda d, c: run_task(d, c, "--contamination", str(_report(d, json.dumps(GOOD_REPORT)[:30]))), ("--contamination", "contamination.json", "not a JSON report")),
+    ("run-report-wrong-type", lambda d, c: run_task(d, c, "--contamination", str(_report(d, json.dumps({"tasks": {"t": {"n": 13, "examples": [{"doc_id": 0, "dirty": "yes"}]}}})))), ("contamination.json", "'tasks.t.examples[0].dirty' must be true or false")),
+    ("run-report-missing-key", lambda d, c: run_task(d, c, "--contamination", str(_report(d, json.dumps({"tasks": {"t": {"examples": []}}})))), ("contamination.json", "'tasks.t' has no field 'n'")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CONTAMINATION_CASES], ids=[c[0] for c in CONTAMINATION_CASES])
+def test_contamination_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from icl_eval.models.hf import HFModel
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(HFModel, "load", classmethod(lambda cls, *a, **k: pytest.fail("the model loaded before the bad input was refused")))
+    argv = make_argv(tmp_path, tiny_checkpoint)
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    lines = [line for line in err.splitlines() if line.startswith("icl-eval")]
+    assert len(lines) == 1 and lines[0].startswith("icl-eval: error: "), err
+    assert "Traceback" not in err and "Traceback" not in captured.out
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    assert not (tmp_path / "out" / "contamination.json").exists()

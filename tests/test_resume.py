@@ -312,32 +312,98 @@ def test_fingerprint_follows_weights_tokenizer_and_dtype_not_location(tiny_check
     assert fp(retok) != base
 
 
-def test_big_weight_files_are_sampled_header_and_blocks(tmp_path, monkeypatch):
+def _safetensors_with_many_tensors(path: Path) -> dict[str, tuple[int, int]]:
+    """One big tensor and 32 small ones, like a checkpoint's matrices and norms; returns each tensor's byte span."""
     import struct
 
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    tensors = {"a_big": torch.randn(256, 1024), **{f"b_{i:02d}": torch.randn(4, 4) for i in range(32)}}
+    save_file(tensors, str(path))
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"}
+
+
+def _scale_in_place(path: Path, span: tuple[int, int], factor: float) -> None:
+    import torch
+
+    with open(path, "r+b") as f:
+        f.seek(span[0])
+        values = torch.frombuffer(bytearray(f.read(span[1] - span[0])), dtype=torch.float32) * factor
+        f.seek(span[0])
+        f.write(values.numpy().tobytes())
+
+
+def test_any_one_changed_tensor_of_a_big_weight_file_changes_the_fingerprint(tmp_path, monkeypatch):
     from icl_eval.models import fingerprint
 
-    monkeypatch.setattr(fingerprint, "WHOLE_FILE_LIMIT", 1 << 10)
-    monkeypatch.setattr(fingerprint, "BLOCK", 64)
-    header = json.dumps({"w": {"dtype": "F32", "shape": [4096], "data_offsets": [0, 16384]}}).encode()
-    body = bytearray(range(256)) * 64
+    # Big files used to be sampled (64 blocks); lowering the old knobs makes this 1 MiB file "big" for that code,
+    # and lowering REMEMBER_ABOVE sends it through the remembered-digest path of today's code.
+    monkeypatch.setattr(fingerprint, "WHOLE_FILE_LIMIT", 1 << 10, raising=False)
+    monkeypatch.setattr(fingerprint, "BLOCK", 64, raising=False)
+    monkeypatch.setattr(fingerprint, "REMEMBER_ABOVE", 1 << 10, raising=False)
+    monkeypatch.setattr(fingerprint, "SETTLE_NS", 0, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     path = tmp_path / "model.safetensors"
+    spans = _safetensors_with_many_tensors(path)
+    base = fingerprint.weight_file_digest(path)
+    seen = {base}
+    for name, span in spans.items():
+        time.sleep(0.01)  # file times tick coarsely: a new write must not share the last one's timestamp
+        _scale_in_place(path, span, 1.5)
+        changed = fingerprint.weight_file_digest(path)
+        assert changed not in seen, f"scaling tensor {name} in place left the fingerprint unchanged"
+        seen.add(changed)
+        time.sleep(0.01)
+        _scale_in_place(path, span, 1 / 1.5)
+    assert len(seen) == len(spans) + 1
 
-    def digest(h: bytes, b: bytes) -> str:
-        path.write_bytes(struct.pack("<Q", len(h)) + h + b)
-        return fingerprint.weight_file_digest(path)
 
-    base = digest(header, bytes(body))
-    assert digest(header.replace(b"4096", b"4097"), bytes(body)) != base, "the header (shapes, dtypes) always counts"
-    size = 8 + len(header) + len(body)
-    step = (size - 64) // 63  # 64 blocks of 64 bytes spread evenly over the file
-    sampled = 32 * step + 10 - 8 - len(header)  # a body offset inside block 32
-    unsampled = 32 * step + 64 + 5 - 8 - len(header)  # just past it, before block 33
-    assert step > 64 + 5
-    for offset, counts in ((sampled, True), (unsampled, False)):
-        changed = bytearray(body)
-        changed[offset] ^= 1
-        assert (digest(header, bytes(changed)) != base) is counts  # the trade-off of sampling, stated as a test
+def test_big_file_digests_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    from icl_eval.models import fingerprint
+
+    monkeypatch.setattr(fingerprint, "REMEMBER_ABOVE", 1 << 10)
+    monkeypatch.setattr(fingerprint, "SETTLE_NS", 0)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    path = tmp_path / "model.safetensors"
+    spans = _safetensors_with_many_tensors(path)
+    time.sleep(0.01)
+    base = fingerprint.weight_file_digest(path)
+    assert fingerprint.store_path().is_file()
+    real = fingerprint.content_digest
+    hashed: list[Path] = []
+    monkeypatch.setattr(fingerprint, "content_digest", lambda p: hashed.append(p) or real(p))
+    assert fingerprint.weight_file_digest(path) == base and hashed == [], "an unchanged file is not read again"
+
+    # An in-place edit whose mtime is put back (rsync -t, touch -r) still moves the ctime: hashed again.
+    st = path.stat()
+    time.sleep(0.01)
+    _scale_in_place(path, spans["b_07"], 2.0)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert fingerprint.weight_file_digest(path) != base and hashed == [path]
+
+    # A user cache folder that cannot be written costs a rehash per run, nothing else.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert fingerprint.weight_file_digest(path) == fingerprint.weight_file_digest(path) != base
+
+
+def test_a_model_built_in_memory_is_fingerprinted_by_every_value(gpt2_tokenizer):
+    import torch
+
+    from icl_eval.models.fingerprint import parameters_digest
+    from icl_eval.models.tiny import tiny_gpt2
+
+    model = tiny_gpt2(len(gpt2_tokenizer), n_positions=64)
+    base = parameters_digest(model)
+    with torch.no_grad():
+        model.transformer.h[1].attn.c_attn.weight[3, 5] += 1e-3  # one value the old strided sample skipped
+    assert parameters_digest(model) != base
 
 
 def test_a_failing_later_task_loses_nothing_done_before_it(tiny_checkpoint, task_dir, tmp_path, capsys):

@@ -31,6 +31,7 @@ def scan_key(shards: list[Shard], table: GramTable, options: ScanOptions) -> str
         "eval_set": table.fingerprint(),
         "boilerplate": options.boilerplate,
         "text_field": options.text_field,
+        "doc_ids": "own id, else file:line",  # how hits name documents (file:line only, before)
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -13,11 +13,13 @@ from typing import Any
 
 from icl_eval.contamination import cache, engines
 from icl_eval.contamination.corpus import expand
-from icl_eval.contamination.index import EvalIndex, index_tasks
+from icl_eval.contamination.index import EvalIndex, index_tasks, parse_ngram
 from icl_eval.contamination.report import build_report, summary_table
 from icl_eval.contamination.scan import ScanOptions, merge
 from icl_eval.errors import IclEvalError
 from icl_eval.results import atomic_write
+
+SKIPPED_SHOWN = 10  # problems named in the printed summary; the report keeps up to corpus.MAX_PROBLEMS_KEPT
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -78,6 +80,10 @@ def check(index: EvalIndex, corpus: list[str], options: ScanOptions, engine: str
 def run_command(args: argparse.Namespace) -> int:
     from icl_eval.registry import load_tasks
 
+    parse_ngram(args.ngram)  # before the tasks load: a typo costs nothing
+    for option, value in (("--workers", args.workers), ("--boilerplate", args.boilerplate)):
+        if value is not None and value < 1:
+            raise IclEvalError(f"{option} {value}: must be >= 1")
     tasks = load_tasks(args.tasks, args.include_path)
     index = index_tasks(tasks, args.ngram, args.data_dir, args.seed)
     options = ScanOptions(text_field=args.text_field, boilerplate=args.boilerplate)
@@ -92,8 +98,13 @@ def run_command(args: argparse.Namespace) -> int:
     where = "from the cache" if outcome.from_cache else f"with the {scan.get('engine')} engine"
     print(f"scanned {scan['files']} files, {scan['docs']:,} documents, {scan['chars'] / 1e6:,.1f} M characters {where} in {outcome.seconds:.1f} s")
     sys.stdout.write(table)
-    counts = report["skipped_input"]["counts"]
-    if counts:
-        print("skipped input: " + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(counts.items())) + f" (details in {out / 'contamination.json'})", file=sys.stderr)
+    skipped = report["skipped_input"]
+    if skipped["counts"]:
+        counts = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sorted(skipped["counts"].items()))
+        print(f"skipped input: {counts} (the first {len(skipped['first'])} in {out / 'contamination.json'}):", file=sys.stderr)
+        for where in skipped["first"][:SKIPPED_SHOWN]:
+            print(f"  {where}", file=sys.stderr)
+        if len(skipped["first"]) > SKIPPED_SHOWN:
+            print(f"  ... {sum(skipped['counts'].values()) - SKIPPED_SHOWN} more", file=sys.stderr)
     print(out / "contamination.json")
     return 0

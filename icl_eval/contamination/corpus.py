@@ -2,8 +2,9 @@
 
 Formats by extension: .jsonl/.ndjson/.json (one JSON object per line, text in a configurable field),
 .txt (one document per line) and .parquet (a text column), each optionally .gz or .zst.
-Bad input is skipped and counted, never fatal: a bad JSON line, a line without the text field, and a corrupt
-gzip member (reading resumes at the next member's header). Each problem keeps its file and line.
+Bad input is skipped and counted, never fatal: a bad JSON line, a line that is not UTF-8, a line without the text
+field, a corrupt gzip member (reading resumes at the next member's header), damaged or cut-off zstd data, and a
+file that cannot be read at all (`scan.scan_shard` counts it). Each problem keeps its file and line.
 """
 
 from __future__ import annotations
@@ -137,19 +138,36 @@ def _gunzip(raw: IO[bytes]) -> Iterator[bytes | _Corrupt]:
         yield _Corrupt("gzip stream ends in the middle of a member (truncated file)")
 
 
+def _unzstd(raw: IO[bytes]) -> Iterator[bytes | _Corrupt]:
+    """Decompress concatenated zstd frames; damage loses the rest of the file, a cut-off frame is reported."""
+    import zstandard
+
+    new = lambda: zstandard.ZstdDecompressor().decompressobj()  # noqa: E731
+    d, fed = new(), False
+    while pending := raw.read(BLOCK):
+        while pending:
+            try:
+                out = d.decompress(pending)
+            except zstandard.ZstdError as e:
+                yield _Corrupt(f"corrupt zstd data ({e}); the rest of the file is skipped")
+                return
+            fed = True
+            if out:
+                yield out
+            if d.eof:  # a frame ended: the next one starts in what is left
+                pending, d, fed = d.unused_data, new(), False
+            else:
+                pending = b""
+    if fed:
+        yield _Corrupt("zstd stream ends in the middle of a frame (truncated file)")
+
+
 def _blocks(raw: IO[bytes], compression: str) -> Iterator[bytes | _Corrupt]:
     if compression == "gz":
         yield from _gunzip(raw)
         return
     if compression == "zst":
-        import zstandard
-
-        try:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-            while block := reader.read(BLOCK):
-                yield block
-        except zstandard.ZstdError as e:
-            yield _Corrupt(f"corrupt zstd data ({e}); the rest of the file is skipped")
+        yield from _unzstd(raw)
         return
     while block := raw.read(BLOCK):
         yield block
@@ -191,9 +209,20 @@ class DocBatch:
     texts: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # line (or parquet row) number of each document
     row_sep: str = ":"
+    ids: list[object] = field(default_factory=list)  # per document: the record's own `id` field, None without one
 
     def doc_id(self, i: int) -> str:
+        """The corpus's own id of the document when it has one (a string or integer `id`), else file:line."""
+        own = self.ids[i]
+        if isinstance(own, str) or isinstance(own, int) and not isinstance(own, bool):
+            return str(own)
         return f"{self.url}{self.row_sep}{self.lines[i]}"
+
+    def extend(self, other: "DocBatch", start: int = 0, end: int | None = None) -> None:
+        """Append other's documents [start, end)."""
+        self.texts += other.texts[start:end]
+        self.lines += other.lines[start:end]
+        self.ids += other.ids[start:end]
 
 
 def _jsonl_one_by_one(lines: bytes, first: int, out: DocBatch, text_field: str, problems: Problems) -> None:
@@ -203,6 +232,11 @@ def _jsonl_one_by_one(lines: bytes, first: int, out: DocBatch, text_field: str, 
         try:
             doc = _loads(line)
         except _JSONError as e:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as u:
+                problems.add("invalid_utf8_lines", f"{out.url}:{lineno}", f"not valid UTF-8 (byte {u.start}: {u.reason}); line skipped")
+                continue
             problems.add("bad_json_lines", f"{out.url}:{lineno}", f"not valid JSON ({str(e)[:80]})")
             continue
         text = doc.get(text_field) if isinstance(doc, dict) else None
@@ -211,6 +245,7 @@ def _jsonl_one_by_one(lines: bytes, first: int, out: DocBatch, text_field: str, 
             continue
         out.texts.append(text)
         out.lines.append(lineno)
+        out.ids.append(doc.get("id"))
 
 
 def _jsonl_block(lines: bytes, first: int, n_lines: int, out: DocBatch, text_field: str, problems: Problems) -> None:
@@ -229,14 +264,20 @@ def _jsonl_block(lines: bytes, first: int, n_lines: int, out: DocBatch, text_fie
         return
     out.texts.extend(texts)
     out.lines.extend(range(first, first + n_lines))
+    out.ids.extend(doc.get("id") for doc in docs)
 
 
-def _text_block(lines: bytes, first: int, out: DocBatch) -> None:
+def _text_block(lines: bytes, first: int, out: DocBatch, problems: Problems) -> None:
     for lineno, line in enumerate(lines.split(b"\n"), first):
-        text = line.decode("utf-8", errors="replace").rstrip("\r")
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:  # the valid words can still match: kept, with U+FFFD for the bad bytes
+            problems.add("invalid_utf8_lines", f"{out.url}:{lineno}", f"not valid UTF-8 (byte {e.start}: {e.reason}); bad bytes replaced")
+            text = line.decode("utf-8", errors="replace").rstrip("\r")
         if text.strip():
             out.texts.append(text)
             out.lines.append(lineno)
+            out.ids.append(None)
 
 
 def _read_blocks(shard: Shard, text_field: str, problems: Problems) -> Iterator[DocBatch]:
@@ -251,7 +292,7 @@ def _read_blocks(shard: Shard, text_field: str, problems: Problems) -> Iterator[
         for first, n_lines, lines in _line_blocks(raw, compression, shard.url, problems):
             out = DocBatch(shard.url)
             if fmt == "text":
-                _text_block(lines, first, out)
+                _text_block(lines, first, out, problems)
             else:
                 _jsonl_block(lines, first, n_lines, out, text_field, problems)
             yield out
@@ -260,7 +301,7 @@ def _read_blocks(shard: Shard, text_field: str, problems: Problems) -> Iterator[
 def read_batches(shard: Shard, text_field: str, problems: Problems, batch_chars: int) -> Iterator[DocBatch]:
     """The documents of one file in batches, each closed by the first document that brings it to batch_chars.
 
-    The document id is `file:line` (or `file#row` for parquet).
+    The document id is the record's own `id` field when it has one, else `file:line` (or `file#row` for parquet).
     """
     row_sep = "#" if _split_name(shard.url)[0] == "parquet" else ":"
     pending = DocBatch(shard.url, row_sep=row_sep)
@@ -269,12 +310,10 @@ def read_batches(shard: Shard, text_field: str, problems: Problems, batch_chars:
         chars = list(accumulate(map(len, block.texts), initial=0))  # chars[i]: of the block's documents < i
         start = 0
         while (end := bisect_left(chars, batch_chars - size + chars[start], lo=start + 1)) < len(chars):
-            pending.texts += block.texts[start:end]
-            pending.lines += block.lines[start:end]
+            pending.extend(block, start, end)
             yield pending
             pending, size, start = DocBatch(shard.url, row_sep=row_sep), 0, end
-        pending.texts += block.texts[start:]
-        pending.lines += block.lines[start:]
+        pending.extend(block, start)
         size += chars[-1] - chars[start]
     if pending.texts:
         yield pending
@@ -286,14 +325,17 @@ def _parquet(raw: IO[bytes], url: str, text_field: str, problems: Problems) -> I
     pf = pq.ParquetFile(raw)
     if text_field not in pf.schema_arrow.names:
         raise IclEvalError(f"{url}: no column '{text_field}' (columns: {', '.join(pf.schema_arrow.names)}); set --text-field")
+    with_id = "id" in pf.schema_arrow.names and text_field != "id"
     row = 0
-    for batch in pf.iter_batches(batch_size=8192, columns=[text_field]):
+    for batch in pf.iter_batches(batch_size=8192, columns=[text_field, "id"] if with_id else [text_field]):
         out = DocBatch(url, row_sep="#")
-        for text in batch.column(0).to_pylist():
+        ids = batch.column(1).to_pylist() if with_id else None
+        for i, text in enumerate(batch.column(0).to_pylist()):
             row += 1
             if isinstance(text, str):
                 out.texts.append(text)
                 out.lines.append(row)
+                out.ids.append(ids[i] if ids is not None else None)
             else:
                 problems.add("missing_text_field", f"{url}#{row}", f"column '{text_field}' is not text here")
         yield out

@@ -6,10 +6,13 @@ turns into the same answer whichever engine ran.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -29,8 +32,38 @@ ENGINES = ("local", "dask")
 _worker_table: GramTable | None = None
 
 
-def _init_worker(table: GramTable) -> None:
+_PR_SET_PDEATHSIG = 1
+_WATCH_SECONDS = 0.5
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A pool worker must not outlive the command: after `kill -9` of the parent nobody would ever shut it down.
+
+    On Linux the kernel sends SIGKILL when the parent goes (prctl PR_SET_PDEATHSIG; it fires when the thread that
+    started the worker ends, which here is the one holding the pool until every shard is done). Elsewhere, or
+    when prctl is refused, a daemon thread polls the parent's pid.
+    """
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(table: GramTable, parent: int) -> None:
     global _worker_table
+    _exit_with_parent(parent)
     _worker_table = table
 
 
@@ -63,7 +96,7 @@ def run_local(table: GramTable, shards: list[Shard], options: ScanOptions, worke
     ctx = multiprocessing.get_context(_start_method())
     if ctx.get_start_method() == "fork":
         warm_up(table)  # built once here, shared with every worker
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(table,)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(table, os.getpid())) as pool:
         return list(pool.map(_scan_in_worker, shards, [options] * len(shards)))
 
 

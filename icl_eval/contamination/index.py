@@ -1,9 +1,8 @@
 """The evaluation side: every example's n-grams, hashed, with the examples they came from.
 
-Examples are rendered with the task's own template (`prompts.render_example`), keyed by doc_id like the sample
-logs, and reduced to the fields the task's YAML names in `contamination_fields`. Each distinct n-gram text is
-one *gram*; the `GramTable` (sorted hashes -> gram ids -> gram text) is all a corpus scan needs, a few MB that
-is sent to every worker once.
+Examples are keyed by doc_id like the sample logs and reduced to the fields the task's YAML names in
+`contamination_fields` (see `example_text`). Each distinct n-gram text is one *gram*; the `GramTable` (sorted
+hashes -> gram ids -> gram text) is all a corpus scan needs, a few MB that is sent to every worker once.
 """
 
 from __future__ import annotations
@@ -100,7 +99,7 @@ class IndexedExample:
 class IndexedTask:
     name: str
     n: int
-    fields: str  # input | target | both
+    fields: str | list[str]  # as the task's contamination_fields says (a list: document fields)
     examples: list[IndexedExample]
 
 
@@ -110,16 +109,46 @@ class EvalIndex:
     tasks: list[IndexedTask]
 
 
-def example_text(task: TaskConfig, doc: dict, doc_id: int) -> str:
-    """The part of an example the contamination check reads, as the model would see it zero-shot."""
-    from icl_eval.prompts import render_example
+RENDERED_PARTS = ("input", "target", "both")
 
-    inp, tgt = render_example(task, doc, doc_id)
-    if task.contamination_fields == "input":
-        return inp
-    if task.contamination_fields == "target":
-        return tgt
-    return inp + task.target_delimiter + tgt
+
+def example_text(task: TaskConfig, doc: dict, doc_id: int) -> str:
+    """The part of an example the contamination check reads.
+
+    A list of document fields (names or Jinja expressions over the document) gives their text, one field after
+    another, as the GPT-3 paper checked an example's own text; input | target | both give the rendered
+    template's parts as the model sees them zero-shot, template words ("Q:", "A:") included.
+    """
+    fields = task.contamination_fields
+    if isinstance(fields, str):
+        from icl_eval.prompts import render_example
+
+        inp, tgt = render_example(task, doc, doc_id)
+        return inp if fields == "input" else tgt if fields == "target" else inp + task.target_delimiter + tgt
+    return "\n".join(_field_text(task, entry, doc, doc_id) for entry in fields)
+
+
+def _field_text(task: TaskConfig, entry: str, doc: dict, doc_id: int) -> str:
+    if entry in doc:
+        value = doc[entry]
+    else:
+        import jinja2
+
+        from icl_eval.prompts import call_expression, compile_expression
+
+        fn = compile_expression(entry, f"{task.path} ('contamination_fields')")
+        try:
+            value = call_expression(fn, **task.template_vars, **doc, doc=doc, doc_id=doc_id)
+        except jinja2.UndefinedError as e:
+            raise IclEvalError(f"{task.path}: 'contamination_fields' entry {entry!r}, doc {doc_id}: {e.message}; "
+                               f"the document's fields are: {', '.join(sorted(doc))}") from None
+        except Exception as e:  # a Python error inside the expression, or an unsafe one refused by the sandbox
+            raise IclEvalError(f"{task.path}: 'contamination_fields' entry {entry!r}, doc {doc_id}: {type(e).__name__}: {e}") from None
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    if not all(p is None or isinstance(p, (str, int, float)) for p in parts):
+        raise IclEvalError(f"{task.path}: 'contamination_fields' entry {entry!r} gives {type(value).__name__} for doc {doc_id}; "
+                           f"name a text field (or a list of texts)")
+    return "\n".join("" if p is None else str(p) for p in parts)
 
 
 def choose_n(ngram: str, lengths: list[int]) -> int:
@@ -129,12 +158,26 @@ def choose_n(ngram: str, lengths: list[int]) -> int:
             return DEFAULT_N
         p5 = int(np.percentile(np.asarray(lengths), 5, method="lower"))
         return min(max(p5, GPT3_RANGE[0]), GPT3_RANGE[1])
-    if ngram.isdigit() and int(ngram) > 0:
-        return int(ngram)
-    raise IclEvalError(f"--ngram {ngram!r}: give a positive number of words (13 in the paper) or 'gpt3'")
+    return parse_ngram(ngram)  # type: ignore[return-value]
 
 
-def build_index(named_texts: list[tuple[str, str, list[tuple[int, str]]]], ngram: str) -> EvalIndex:
+def parse_ngram(ngram: str) -> int | str:
+    """--ngram's value: a positive whole number of words, or 'gpt3'.
+
+    int() decides, not str.isdigit: '²' is a digit to isdigit but not a number to int.
+    """
+    if ngram == "gpt3":
+        return ngram
+    try:
+        n = int(ngram)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise IclEvalError(f"--ngram {ngram!r}: give a positive whole number of words (13 in the paper) or 'gpt3'")
+    return n
+
+
+def build_index(named_texts: list[tuple[str, str | list[str], list[tuple[int, str]]]], ngram: str) -> EvalIndex:
     """Index (task name, fields, [(doc_id, text)]) triples; n-grams that several examples share are one gram."""
     gram_of: dict[str, int] = {}
     texts: list[str] = []
@@ -182,7 +225,8 @@ def index_tasks(tasks: list[TaskConfig], ngram: str, data_dir: str | None, seed:
     named = []
     for task in tasks:
         prep = prepare(task, Settings(seed=seed, data_dir=data_dir))
-        named.append((task.name, task.contamination_fields, [(i, example_text(task, doc, i)) for i, doc in enumerate(prep.docs)]))
+        fields = task.contamination_fields if isinstance(task.contamination_fields, str) else list(task.contamination_fields)
+        named.append((task.name, fields, [(i, example_text(task, doc, i)) for i, doc in enumerate(prep.docs)]))
     return build_index(named, ngram)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from icl_eval.contamination.index import EvalIndex, IndexedExample, percent
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: 'fields' may be a list of document fields; document ids may be the corpus's own
 DOCS_SHOWN = 3
 
 
@@ -81,9 +81,14 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _fields_cell(fields: str | list[str]) -> str:
+    text = fields if isinstance(fields, str) else ", ".join(fields)
+    return text.replace("|", "\\|")  # a Jinja filter's bar must not end the table cell
+
+
 def summary_table(report: dict[str, Any]) -> str:
     """Per task: N, total, dirty, clean, percent clean (the counting half of the paper's Table C.1)."""
-    rows = [[name, str(t["n"]), t["fields"], str(t["total"]), str(t["dirty"]), str(t["clean"]), _fmt(t["percent_clean"])]
+    rows = [[name, str(t["n"]), _fields_cell(t["fields"]), str(t["total"]), str(t["dirty"]), str(t["clean"]), _fmt(t["percent_clean"])]
             for name, t in report["tasks"].items()]
     return markdown_table(["task", "N", "fields", "total", "dirty", "clean", "% clean"], rows)
 

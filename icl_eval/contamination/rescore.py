@@ -11,11 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from icl_eval.contamination.report import _fmt, dirty_ids, markdown_table
+from icl_eval.contamination.report import REPORT_VERSION, _fmt, dirty_ids, markdown_table
 from icl_eval.errors import IclEvalError
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
+    """Read and check a contamination.json before anything expensive runs (a model load, a rescore)."""
     p = Path(path)
     if p.is_dir():
         p = p / "contamination.json"
@@ -23,11 +24,55 @@ def load_report(path: str | Path) -> dict[str, Any]:
         report = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise IclEvalError(f"--contamination {path}: no report there; give the contamination.json written by `icl-eval contamination`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise IclEvalError(f"--contamination {p}: not a JSON report ({e})") from None
-    if not isinstance(report, dict) or "tasks" not in report:
-        raise IclEvalError(f"--contamination {p}: missing field 'tasks'; is this written by `icl-eval contamination`?")
+    except OSError as e:
+        raise IclEvalError(f"--contamination {p}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise IclEvalError(f"--contamination {p}: not a JSON report ({e}); is it cut short? write it again with `icl-eval contamination`") from None
+    problem = report_problem(report)
+    if problem:
+        raise IclEvalError(f"--contamination {p}: {problem}; is this a contamination.json written by `icl-eval contamination`?")
     return report
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def report_problem(report: Any) -> str | None:
+    """What is wrong with a parsed report, in words naming the field, or None: every field rescoring reads."""
+    if not isinstance(report, dict):
+        return f"the top level must be a JSON object, got {type(report).__name__}"
+    version = report.get("report_version", 1)
+    if not _is_int(version) or not 1 <= version <= REPORT_VERSION:
+        return f"'report_version' {version!r} is not one this icl-eval reads (1 to {REPORT_VERSION}); a newer icl-eval wrote it?"
+    if "tasks" not in report:
+        return "missing field 'tasks'"
+    tasks = report["tasks"]
+    if not isinstance(tasks, dict):
+        return f"'tasks' must be an object of task name -> entry, got {type(tasks).__name__}"
+    for name, task in tasks.items():
+        where = f"tasks.{name}"
+        if not isinstance(task, dict):
+            return f"'{where}' must be an object, got {type(task).__name__}"
+        for key in ("n", "examples"):
+            if key not in task:
+                return f"'{where}' has no field '{key}'"
+        if not _is_int(task["n"]) or task["n"] < 1:
+            return f"'{where}.n' must be a positive integer, got {task['n']!r}"
+        if not isinstance(task["examples"], list):
+            return f"'{where}.examples' must be a list, got {type(task['examples']).__name__}"
+        for i, ex in enumerate(task["examples"]):
+            at = f"{where}.examples[{i}]"
+            if not isinstance(ex, dict):
+                return f"'{at}' must be an object, got {type(ex).__name__}"
+            for key in ("doc_id", "dirty"):
+                if key not in ex:
+                    return f"'{at}' has no field '{key}'"
+            if not (_is_int(ex["doc_id"]) or isinstance(ex["doc_id"], str)):
+                return f"'{at}.doc_id' must be an integer or string, got {ex['doc_id']!r}"
+            if not isinstance(ex["dirty"], bool):
+                return f"'{at}.dirty' must be true or false, got {ex['dirty']!r}"
+    return None
 
 
 def _relative(clean: float, whole: float) -> float:

@@ -8,6 +8,7 @@ the cache).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from icl_eval.contamination.allocator import roomy_heap
 from icl_eval.contamination.corpus import DocBatch, Problems, Shard, read_batches
 from icl_eval.contamination.index import GramTable
 from icl_eval.contamination.ngrams import Batch, all_gram_hashes, normalise_batch, prefix_hashes
+from icl_eval.errors import IclEvalError
 
 SNIPPET_CONTEXT_WORDS = 6
 SNIPPETS_PER_GRAM = 3
@@ -100,6 +102,24 @@ def _scan_batch(table: GramTable, docs_in: DocBatch, hits: _ShardHits) -> None:
             hits.add(g, docs_in.doc_id(d), lambda: snippets.get(batch, d, w, length))
 
 
+def _readable(batches: Iterator[DocBatch], shard: Shard, problems: Problems) -> Iterator[DocBatch]:
+    """The batches until reading fails; a file that cannot be opened or read further is counted, not fatal.
+
+    Only reading is guarded: an error in the scan itself is a bug and still stops the command.
+    """
+    while True:
+        try:
+            docs = next(batches)
+        except StopIteration:
+            return
+        except IclEvalError:
+            raise  # a setting the user must change (e.g. a parquet file without the text column)
+        except Exception as e:  # OSError (permission, I/O), pyarrow's errors for a damaged parquet file, ...
+            problems.add("unreadable_files", shard.url, f"cannot read ({type(e).__name__}: {str(e)[:200]}); the rest of the file is skipped")
+            return
+        yield docs
+
+
 def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     """Scan one corpus file; returns {shard, docs, chars, seconds, hits: {gid: refs}, problems}."""
     start, cpu = time.perf_counter(), time.process_time()
@@ -107,7 +127,7 @@ def scan_shard(table: GramTable, shard: Shard, options: ScanOptions) -> dict:
     hits = _ShardHits(len(table.texts), options.boilerplate + 1)
     n_docs = n_chars = 0
     with roomy_heap():
-        for docs in read_batches(shard, options.text_field, problems, options.batch_chars):
+        for docs in _readable(read_batches(shard, options.text_field, problems, options.batch_chars), shard, problems):
             _scan_batch(table, docs, hits)
             n_docs, n_chars = n_docs + len(docs.texts), n_chars + sum(map(len, docs.texts))
     return {

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import inspect
+import os
+import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ from pathlib import Path
 import torch
 
 from icl_eval.batching import group_shared_prefixes, is_out_of_memory, plan_batches, run_splitting_on_oom
+from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
 
@@ -29,12 +33,75 @@ class Encoded:
     continuation: list[int]
 
 
+
+
 def _device(name: str) -> torch.device:
+    name = validate_device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise IclEvalError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
+
+
+def _check_checkpoint_folder(path: str, folder: Path) -> None:
+    """A local --model folder: readable, and a checkpoint rather than a folder of them."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise IclEvalError(f"--model {path}: permission denied reading the folder {folder}; make it readable (chmod u+rx) or run as a user who can read it")
+    config = folder / "config.json"
+    if not config.is_file():
+        checkpoints = sorted(d.name for d in folder.iterdir() if d.is_dir() and (d / "config.json").is_file())
+        if checkpoints:
+            shown = ", ".join(checkpoints[:8]) + (f" and {len(checkpoints) - 8} more" if len(checkpoints) > 8 else "")
+            raise IclEvalError(f"--model {path}: a folder of checkpoints, not a checkpoint (no config.json here); give one of its subfolders: {shown}")
+        return  # transformers' own message (no config.json) follows
+    unreadable = [f for f in sorted(folder.iterdir()) if f.is_file() and not os.access(f, os.R_OK)]
+    if unreadable:
+        names = ", ".join(str(f) for f in unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        raise IclEvalError(f"--model {path}: permission denied reading {names}; make the checkpoint's files readable (chmod u+r)")
+
+
+def _check_vocabulary(where: str, tokenizer_size: int, rows: int, what: str) -> None:
+    """Every id the tokenizer can produce must have an embedding row: a larger id fails mid-run (an index error)."""
+    if tokenizer_size > rows:
+        raise IclEvalError(
+            f"{where}: the tokenizer has {tokenizer_size} tokens (ids up to {tokenizer_size - 1}) but {what.format(rows)}; "
+            "use the tokenizer that belongs to this checkpoint (or fix vocab_size)"
+        )
+
+
+def _tied_targets(model: torch.nn.Module) -> set[str]:
+    """Parameters the architecture ties to another one (lm_head to the input embeddings): a checkpoint may omit them."""
+    cfg = model.config
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if not getattr(text_cfg, "tie_word_embeddings", getattr(cfg, "tie_word_embeddings", False)):
+        return set()
+    tied = getattr(model, "_tied_weights_keys", None) or ()
+    return set(tied.keys() if isinstance(tied, dict) else tied)
+
+
+def _names_match(pattern: str, name: str) -> bool:
+    """transformers spells tied parameters as names or as regular expressions over names."""
+    try:
+        return pattern == name or re.fullmatch(pattern, name) is not None
+    except re.error:
+        return False
+
+
+def _check_loading_info(path: str, model: torch.nn.Module, info: dict) -> None:
+    """Weights the architecture expects but the checkpoint lacks would be random: refuse instead of scoring noise."""
+    tied = _tied_targets(model)
+    missing = sorted(k for k in info.get("missing_keys", ()) if not any(_names_match(t, k) for t in tied))
+    unexpected = sorted(info.get("unexpected_keys", ()))
+    mismatched = sorted(k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ()))
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("with other shapes", mismatched)):
+        if keys:
+            parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
+    if parts:
+        why = "the missing ones would be random numbers" if missing else "the checkpoint holds weights this architecture does not use"
+        raise IclEvalError(
+            f"--model {path}: the checkpoint's weights do not match its {type(model).__name__} architecture: {'; '.join(parts)}; "
+            f"{why}: fix the weight names, or config.json if it names the wrong architecture"
+        )
 
 
 class HFModel:
@@ -55,6 +122,9 @@ class HFModel:
             raise IclEvalError(f"{path or name}: icl-eval needs a fast (Rust) tokenizer for character offsets; provide tokenizer.json")
         if bos_policy not in BOS_POLICIES:
             raise IclEvalError(f"--bos {bos_policy}: choose one of {', '.join(BOS_POLICIES)}")
+        embeddings = model.get_input_embeddings()
+        if isinstance(getattr(embeddings, "num_embeddings", None), int):
+            _check_vocabulary(path or name, len(tokenizer), embeddings.num_embeddings, "the model's embedding matrix has only {} rows")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -72,6 +142,9 @@ class HFModel:
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never attended to: any id works
         self.adds_bos = self._tokenizer_adds_bos()
+        # transformers renamed forward's `past_key_values` to `cache` (the old name warns, then goes): use
+        # whichever this version's model takes, and read the output field of the same name.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self._split_head = self._head_matches_full_forward()
 
     # --- loading -------------------------------------------------------------------------
@@ -89,11 +162,13 @@ class HFModel:
     ) -> HFModel:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        dev = _device(device)  # first: a typo in --device should cost no file access
         local = Path(path).expanduser()
         looks_local = path.startswith((".", "/", "~")) or local.exists()  # else it is a hub id like org/name
         if looks_local and not local.is_dir():
             raise IclEvalError(f"--model {path}: no such folder; give a Hugging Face checkpoint folder (config.json + weights) or a hub id")
-        dev = _device(device)
+        if looks_local:
+            _check_checkpoint_folder(path, local)
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as e:
@@ -113,14 +188,22 @@ class HFModel:
         try:
             # device_map="auto": accelerate places layers over every visible GPU (then CPU), for models too big for one.
             extra = {"device_map": device_map} if device_map else {}
-            model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None, **extra)
+            model, info = AutoModelForCausalLM.from_pretrained(
+                path, config=config, dtype=torch_dtype, trust_remote_code=trust_remote_code, use_safetensors=None, output_loading_info=True, **extra
+            )
         except ValueError as e:
             raise IclEvalError(f"--model {path}: not a causal language model ({str(e).splitlines()[0][:200]})") from None
         except OSError as e:
             raise IclEvalError(f"--model {path}: cannot load weights ({str(e).splitlines()[0][:200]})") from None
         except Exception as e:  # e.g. a pickled .bin that torch's weights-only loader refuses: it would run code
+            if "ignore_mismatched_sizes" in str(e):
+                raise IclEvalError(f"--model {path}: some weights in the checkpoint have other shapes than config.json describes; fix config.json or the weights") from None
             why = "a pickled weights file holds objects other than tensors; loading it could run code" if "Unpickl" in type(e).__name__ else f"{type(e).__name__}: {str(e).strip()[:200]}".splitlines()[0]
             raise IclEvalError(f"--model {path}: cannot load weights ({why}); use a checkpoint saved as safetensors") from None
+        _check_loading_info(path, model, info)
+        vocab_size = getattr(config.get_text_config() if hasattr(config, "get_text_config") else config, "vocab_size", None)
+        if isinstance(vocab_size, int):  # after the load: a config that is no causal LM at all says so first
+            _check_vocabulary(f"--model {path}", len(tokenizer), vocab_size, "config.json's vocab_size is {}")
         if not device_map:
             model.to(dev)
         name = local.name if local.is_dir() else path
@@ -171,7 +254,7 @@ class HFModel:
         return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
 
     def fingerprint(self) -> str:
-        """Identifies config, dtype, weights (safetensors header + sampled bytes, or hub revision), tokenizer, BOS policy."""
+        """Identifies config, dtype, weights (every byte of the files, or the hub revision), tokenizer, BOS policy."""
         from icl_eval.models.fingerprint import model_fingerprint
 
         if not hasattr(self, "_fingerprint"):  # hashing weight files costs I/O: once per loaded model
@@ -185,7 +268,9 @@ class HFModel:
         return [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.prefix_id] + ids
 
     def encode(self, text: str) -> list[int]:
-        return self._with_bos(self.tokenizer(text, add_special_tokens=False).input_ids)
+        # verbose=False: a prompt is tokenized whole to learn whether it fits, so being longer than the tokenizer's
+        # model_max_length is expected here, not a mistake worth transformers' warning (we truncate ourselves).
+        return self._with_bos(self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
 
     def encode_pair(self, context: str, continuation: str) -> Encoded:
         """Split tokenize(context + continuation) at the character boundary, using the tokenizer's offsets.
@@ -208,7 +293,7 @@ class HFModel:
             moved.append((context, continuation))
         # An empty context gets the prefix token and the continuation is tokenized alone.
         texts = [c + t if c else t for c, t in moved]
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True) if texts else {"input_ids": [], "offset_mapping": []}
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False) if texts else {"input_ids": [], "offset_mapping": []}
         out = []
         for (context, _), ids, offsets in zip(moved, enc["input_ids"], enc["offset_mapping"]):
             if not context:
@@ -314,10 +399,10 @@ class HFModel:
         self.tokens_forwarded += len(tokens)
         ids = torch.tensor([tokens], device=self.device)
         if cache is None:
-            return self.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+            return self._cache_of(self.model(input_ids=ids, use_cache=True, logits_to_keep=1))
         cache = copy.deepcopy(cache)
         positions = torch.arange(n_prefix, n_prefix + len(tokens), device=self.device)[None]
-        return self.model(input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1).past_key_values
+        return self._cache_of(self.model(input_ids=ids, position_ids=positions, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}))
 
     @torch.no_grad()
     def _score_against_prefix(self, prefix_cache, n_prefix: int, rows: list[tuple[int, list[int], list[int]]]) -> list[tuple[float, bool, bool]]:
@@ -327,7 +412,7 @@ class HFModel:
         cache = copy.deepcopy(prefix_cache)  # each batch extends its own copy; the prefix stays reusable
         cache.batch_repeat_interleave(len(rows))
         kwargs = dict(
-            input_ids=ids.to(self.device), position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+            input_ids=ids.to(self.device), position_ids=positions.to(self.device), use_cache=True, **{self._cache_arg: cache},
         )
         spans = [(b, len(s) - len(c), c) for b, (_, s, c) in enumerate(rows)]
         return self._score_positions(kwargs, spans)
@@ -461,7 +546,7 @@ class HFModel:
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 last_pos = last_pos + 1
                 self.tokens_forwarded += len(active)
-                out = self.model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=last_pos, past_key_values=cache, use_cache=True)
+                out = self.model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=last_pos, use_cache=True, **{self._cache_arg: cache})
                 next_tokens = out.logits[:, -1].argmax(-1)
         except BaseException:
             pending.extendleft(reversed(active))  # unfinished rows start again; finished ones were reported
@@ -479,7 +564,11 @@ class HFModel:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self.tokens_forwarded += sum(len(x) for x in prompts)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        return out.past_key_values, mask, positions[:, -1:], out.logits[:, -1].argmax(-1)
+        return self._cache_of(out), mask, positions[:, -1:], out.logits[:, -1].argmax(-1)
+
+    def _cache_of(self, out):
+        """The KV cache a forward pass returned, read by the field name this transformers version uses."""
+        return getattr(out, self._cache_arg)
 
     @staticmethod
     def _can_merge(cache) -> bool:
