@@ -243,7 +243,7 @@ def _expanded_size(node: yaml.Node, path: Path, memo: dict[int, tuple[int, int]]
 
 
 def _yaml_error(e: yaml.YAMLError, path: Path) -> IclEvalError:
-    if isinstance(e, yaml.constructor.ConstructorError):  # e.g. !!python/object: the safe loader refuses to build objects
+    if isinstance(e, yaml.constructor.ConstructorError) and "tag" in str(e.problem):  # e.g. !!python/object: the safe loader builds no objects
         mark = e.problem_mark
         return IclEvalError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML tag not allowed ({e.problem}); task files are plain data, remove the tag")
     mark = getattr(e, "problem_mark", None)
