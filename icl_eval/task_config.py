@@ -19,8 +19,9 @@ OUTPUT_TYPES = ("loglikelihood", "generate", "multiple_choice")
 SCORING_MODES = ("full", "partial")
 
 # A task's name becomes part of file names (samples/<name>_<K>shot.jsonl): no separators, no leading dot.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-NAME_RULE = "1 to 100 of the characters A-Z a-z 0-9 _ . - and not starting with '.'"
+# Letters and digits of any script (\w), '_', '.', '-': none of them is a path separator or a control character.
+NAME_PATTERN = re.compile(r"\w[\w.-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '_', '.' or '-', starting with a letter, digit or '_'"
 
 # What one task file may cost. Real task files are a few hundred bytes; YAML aliases can make a small file
 # expand to gigabytes (the "billion laughs"), which would hang the run while it hashes the config.

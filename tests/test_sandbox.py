@@ -232,7 +232,7 @@ def test_an_include_through_a_symlink_inside_the_task_still_works(tmp_path):
     assert render_block(_task(tmp_path, "{% include 'part' %}"), "input", {"q": "hi", "a": "x"}, 0) == "shared part"
 
 
-@pytest.mark.parametrize("name", ["../../escaped", "ABSOLUTE/escaped", "a/b", ".hidden", "..", "x" * 101, "tab\tname", ""])
+@pytest.mark.parametrize("name", ["../../escaped", "ABSOLUTE/escaped", "a/b", "a\\b", ".hidden", "..", "-rf", "x" * 101, "tab\tname", "nul\x00", ""])
 def test_task_names_that_would_leave_the_run_folder_are_refused(name, tmp_path, tiny_checkpoint, capsys):
     name = name.replace("ABSOLUTE", str(tmp_path))
     (tmp_path / "t.yaml").write_text(TASK.replace("name: t", f"name: {json.dumps(name)}"))
@@ -247,7 +247,7 @@ def test_task_names_that_would_leave_the_run_folder_are_refused(name, tmp_path, 
 
 
 def test_valid_task_names_load(tmp_path):
-    for name in ("t", "arithmetic_2da", "my-task.v2", "_x", "A" * 100):
+    for name in ("t", "arithmetic_2da", "my-task.v2", "_x", "A" * 100, "übersetzung_de", "問答"):
         (tmp_path / "t.yaml").write_text(TASK.replace("name: t", f"name: {name}"))
         assert load_task_file(tmp_path / "t.yaml").name == name
 
