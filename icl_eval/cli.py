@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--fewshot-mode", default="per_example", choices=FEWSHOT_MODES)
     _add_task_options(prompt)
 
-    validate = sub.add_parser("validate", help="check a task YAML file and render one prompt")
+    validate = sub.add_parser("validate", help="check a task YAML file, render every document, print one prompt")
     validate.add_argument("file")
+    validate.add_argument("--limit", type=int, default=None, metavar="N", help="render only the first N documents of the split and of the few-shot pool (default: all)")
     _add_task_options(validate)
 
     demo = sub.add_parser("demo", help="the README's worked example on a tiny random model built on the spot (no model download)")
@@ -302,14 +303,29 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from icl_eval.evaluator import Settings, prepare
     from icl_eval.prompts import load_template
     from icl_eval.registry import load_task
 
-    task = load_task(args.file if args.file.endswith((".yaml", ".yml")) else args.file, args.include_path)
+    if args.limit is not None and args.limit < 1:
+        raise IclEvalError(f"--limit {args.limit}: must be a positive number of documents")
+    task = load_task(args.file, args.include_path)
     load_template(task)
     args.shots, args.index = 0, 0
-    _show_prompt(task, args)  # renders a real document: undefined fields and unsafe expressions show here
-    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)})", file=sys.stderr)
+    _show_prompt(task, args)  # the first document as the model sees it
+    # Then every document (and every demonstration the pool could supply): an undefined field, an empty target,
+    # a bad gold index or a template that blows up on some later document shows here, not hours into a run.
+    prep = prepare(task, Settings(shots=(0,), seed=args.seed, data_dir=args.data_dir))
+    n_docs = len(prep.docs) if args.limit is None else min(args.limit, len(prep.docs))
+    for i in range(n_docs):
+        prep.example(i)
+    n_pool = 0
+    if not prep.same_split:
+        n_pool = len(prep.pool) if args.limit is None else min(args.limit, len(prep.pool))
+        for i in range(n_pool):
+            prep.example(i, from_pool=True)
+    checked = f"{n_docs:,} of {len(prep.docs):,} documents" + (f" and {n_pool:,} of {len(prep.pool):,} few-shot documents" if not prep.same_split else "")
+    print(f"ok: {args.file} defines task '{task.name}' ({task.output_type}, metrics {', '.join(task.metrics)}); rendered {checked}", file=sys.stderr)
     return 0
 
 

@@ -48,15 +48,42 @@ def _strip_compression(name: str) -> str:
     return name
 
 
+# A lone UTF-16 surrogate ("\ud800") decodes, then fails when the prompt is hashed or logged.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (JSON has no NaN or Infinity)")
+
+
+def _loads(text: str, path: Path, lineno: int | None = None):
+    """json.loads for data files: NaN/Infinity refused, deep nesting and lone surrogates refused as one line
+    naming the file and line, not a crash later when the prompt is hashed or logged."""
+    where = f"{path}:{lineno}" if lineno is not None else str(path)
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        line = lineno if lineno is not None else e.lineno
+        fix = "; fix or remove that line" if lineno is not None else ""
+        raise IclEvalError(f"{path}:{line}: not valid JSON ({e.msg}){fix}") from None
+    except ValueError as e:
+        raise IclEvalError(f"{where}: {e}; fix or remove that value") from None
+    except RecursionError:
+        raise IclEvalError(f"{where}: JSON nested too deeply to read; a data record is a few levels deep") from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise IclEvalError(f"{where}: a string holds a lone UTF-16 surrogate ({e.object[e.start:e.end]!r}), which is not text; fix that value") from None
+    return value
+
+
 def read_jsonl(path: Path) -> Iterator[Doc]:
     with open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                doc = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+            doc = _loads(line, path, lineno)
             if not isinstance(doc, dict):
                 raise IclEvalError(f"{path}:{lineno}: expected a JSON object per line, got {type(doc).__name__}")
             yield doc
@@ -64,10 +91,7 @@ def read_jsonl(path: Path) -> Iterator[Doc]:
 
 def read_json(path: Path) -> Iterator[Doc]:
     with open_text(path) as f:
-        try:
-            docs = json.load(f)
-        except json.JSONDecodeError as e:
-            raise IclEvalError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        docs = _loads(f.read(), path)
     if isinstance(docs, dict) and len(docs) == 1 and isinstance(next(iter(docs.values())), list):
         docs = next(iter(docs.values()))  # {"data": [...]} wrappers are common
     if not isinstance(docs, list):
@@ -164,7 +188,7 @@ def infer_format(path: Path) -> str:
 
 def _add_line_fields(docs: list[Doc], src: DataSource, root: Path, path: Path) -> None:
     for name, rel in src.line_fields.items():
-        extra = Path(rel) if Path(rel).is_absolute() else root / rel
+        extra = under_root(rel, root, f"data.line_fields.{name}")
         try:
             values = [v for v in _lines(extra) if v.strip()]
         except OSError as e:
@@ -210,15 +234,40 @@ def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc
     return out
 
 
+def under_root(rel: str, root: Path, what: str) -> Path:
+    """A data path from a task file. Relative: under the data root, also after resolving symlinks, so neither
+    `../../home/me/.ssh/id_rsa` nor a link in the data folder reads a file elsewhere into prompts and logs.
+    Absolute: allowed, as the task file's explicit choice (every run names the file it read)."""
+    if Path(rel).is_absolute():
+        return Path(rel)
+    path, base = root / rel, root.resolve()
+    for file in [Path(p) for _, p in parallel_files(str(path))] or [path]:
+        real = file.resolve()
+        if not real.is_relative_to(base):
+            raise IclEvalError(f"{what}: '{rel}' resolves to {real}, outside the data root {root}; relative data paths must stay under --data-dir (write an absolute path in the task file to read elsewhere on purpose)")
+    return path
+
+
+def _decompress_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, UnicodeDecodeError, zlib.error)  # zlib.error: a corrupt .gz
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def read_local(src: DataSource, root: Path) -> list[Doc]:
-    path = Path(src.local) if Path(src.local).is_absolute() else root / src.local
+    path = under_root(src.local, root, "data.local")
     fmt = src.format or infer_format(path)
     reader = READERS.get(fmt)
     if reader is None:
         raise IclEvalError(f"{path}: no reader for format '{fmt}'; set data.format to one of {', '.join(sorted(READERS))}")
     try:
         docs = list(reader(path, src))
-    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as e:  # zlib.error: a corrupt .gz
+    except _decompress_errors() as e:
         raise IclEvalError(f"{path}: cannot read data file ({e}); re-download it") from None
     _add_line_fields(docs, src, root, path)
     _parse_literals(docs, src, path)
@@ -242,7 +291,7 @@ def _local_path(src: DataSource, root: Path | None) -> Path | None:
         return None
     if Path(src.local).is_absolute():
         return Path(src.local)
-    return root / src.local if root else None
+    return under_root(src.local, root, "data.local") if root else None
 
 
 def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> tuple[list[Doc], str]:

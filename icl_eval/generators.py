@@ -13,8 +13,23 @@ from icl_eval.errors import IclEvalError
 Doc = dict
 
 
+ARITHMETIC_OPS = ("plus", "minus", "times", "three_ops")
+MAX_DOCS = 1_000_000  # a generated split is held in memory; the paper's hold 2,000 to 10,000
+MAX_DIGITS = 50
+
+
+def _count(name: str, arg: str, value: Any, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise IclEvalError(f"generator '{name}': generator_args.{arg} must be an integer from {low:,} to {high:,}, got {value!r}")
+    return value
+
+
 def arithmetic(seed: int, op: str, digits: int = 2, n: int = 2000) -> list[Doc]:
     """GPT-3 Section 3.9.1: operands uniform in [0, 10**digits); the released files' exact strings."""
+    if op not in ARITHMETIC_OPS:
+        raise IclEvalError(f"generator 'arithmetic': generator_args.op {op!r} is not one of {', '.join(ARITHMETIC_OPS)}")
+    _count("arithmetic", "digits", digits, 1, MAX_DIGITS)
+    _count("arithmetic", "n", n, 1, MAX_DOCS)
     rng = random.Random(f"arithmetic:{op}:{digits}:{seed}")
     docs = []
     for _ in range(n):
@@ -72,7 +87,19 @@ def unscramble(
 ) -> list[Doc]:
     """The released files' strings ("\\n{scrambled} =", " {word}") from a frequency-ordered word list; word
     lengths default to those of the released files (6 to 15 letters)."""
-    path = Path(wordlist) if Path(wordlist).is_absolute() or data_root is None else data_root / wordlist
+    if kind not in UNSCRAMBLE_KINDS:
+        raise IclEvalError(f"generator 'unscramble': unknown kind {kind!r}; use one of {', '.join(UNSCRAMBLE_KINDS)}")
+    _count("unscramble", "n", n, 1, MAX_DOCS)
+    _count("unscramble", "min_length", min_length, 1, 1000)
+    _count("unscramble", "max_length", max_length, min_length, 1000)
+    if not isinstance(wordlist, str):
+        raise IclEvalError(f"generator 'unscramble': generator_args.wordlist must be a path, got {wordlist!r}")
+    if Path(wordlist).is_absolute() or data_root is None:
+        path = Path(wordlist)
+    else:
+        from icl_eval.data import under_root  # late: data loads this module only when a generator is needed
+
+        path = under_root(wordlist, data_root, "generator_args.wordlist")
     try:
         words = [w.strip() for w in path.read_text(encoding="utf-8").splitlines()]
     except OSError:

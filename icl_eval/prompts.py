@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.loaders import split_template_path
+from jinja2.sandbox import SecurityError
 
 from icl_eval.errors import IclEvalError
 from icl_eval.registry import builtin_dir
 from icl_eval.task_config import TaskConfig
+from icl_eval.template_sandbox import BoundedSandbox, LimitError, metered, render_bounded
+
+MAX_TEMPLATE_BYTES = 1 << 20  # a prompt template is a few lines; anything this big is a mistake or an attack
 
 # The blocks a template may define; each kind says which it requires (kinds/). An optional `input_zero_shot` block replaces `input` for the query of a zero-shot prompt (GPT-3 translation).
 BLOCKS = ("input", "target")
@@ -51,12 +57,48 @@ def _template_dirs(task: TaskConfig) -> list[Path]:
     return dirs
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+class FolderLoader(jinja2.BaseLoader):
+    """Templates and their includes from the task's own folders only, symlinks resolved: a task folder holding
+    `leak -> /etc/shadow` and `{% include 'leak' %}` must not put that file into prompts and logs."""
+
+    def __init__(self, search_path: tuple[str, ...]) -> None:
+        self.search_path = search_path
+        self.real = tuple(os.path.realpath(d) for d in search_path)
+
+    def get_source(self, environment: jinja2.Environment, template: str):
+        pieces = split_template_path(template)  # refuses '..'
+        for folder in self.search_path:
+            candidate = os.path.join(folder, *pieces)
+            if not os.path.isfile(candidate):  # follows links; devices and FIFOs are not templates
+                continue
+            real = os.path.realpath(candidate)
+            if not any(_inside(real, d) for d in self.real):
+                raise IclEvalError(f"{candidate}: template '{template}' resolves to {real}, outside the task's template folders ({', '.join(self.search_path)}); templates and includes may not leave them")
+            size = os.path.getsize(real)
+            if size > MAX_TEMPLATE_BYTES:
+                raise IclEvalError(f"{candidate}: template is {size:,} bytes, over the limit of {MAX_TEMPLATE_BYTES:,} (icl_eval.prompts.MAX_TEMPLATE_BYTES)")
+            try:
+                with open(real, encoding="utf-8") as f:
+                    source = f.read()
+            except OSError as e:
+                raise IclEvalError(f"{candidate}: cannot read template ({e.strerror}); make it readable") from None
+            except UnicodeDecodeError as e:
+                raise IclEvalError(f"{candidate}: template is not UTF-8 (byte {e.start}: {e.reason}); save it as UTF-8") from None
+            mtime = os.path.getmtime(real)
+            return source, os.path.normpath(candidate), lambda: os.path.isfile(real) and os.path.getmtime(real) == mtime
+        raise jinja2.TemplateNotFound(template)
+
+
 @functools.lru_cache(maxsize=None)
-def _environment(search_path: tuple[str, ...]) -> SandboxedEnvironment:
-    # Sandboxed: task files are shared between labs and must not reach Python internals.
-    # StrictUndefined: a misspelled field is an error, not an empty string in the prompt.
-    return SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(list(search_path)),
+def _environment(search_path: tuple[str, ...]) -> BoundedSandbox:
+    # Sandboxed: task files are shared between labs and must not reach Python internals, nor cost unbounded
+    # memory or time (template_sandbox). StrictUndefined: a misspelled field is an error, not an empty string.
+    return BoundedSandbox(
+        loader=FolderLoader(search_path),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -74,6 +116,8 @@ def load_template(task: TaskConfig) -> jinja2.Template:
         raise IclEvalError(f"{task.path}: template '{task.template}' (field 'template') not found in {dirs}") from None
     except jinja2.TemplateSyntaxError as e:
         raise IclEvalError(f"{e.filename or task.template}:{e.lineno}: template syntax error: {e.message}") from None
+    except RecursionError:
+        raise IclEvalError(f"{task.path}: template '{task.template}' is nested too deeply to compile; simplify it") from None
     missing = [b for b in required_blocks(task) if b not in tmpl.blocks]
     if missing:
         need = " and ".join(f"{{% block {b} %}}...{{% endblock %}}" for b in required_blocks(task))
@@ -94,7 +138,8 @@ def compile_expression(expression: str, where: str):
 def call_expression(fn, **variables):
     """A compiled expression's value; an expression that is just a missing name raises UndefinedError like a
     template would (compiled expressions hand back the Undefined object instead of failing)."""
-    value = fn(**variables)
+    with metered():
+        value = fn(**variables)
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises here, naming the missing field
     return value
@@ -109,6 +154,8 @@ def eval_expression(task: TaskConfig, key: str, doc: dict, doc_id: int):
         raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {e.message}; the document's fields are: {', '.join(sorted(doc))}") from None
     except SecurityError as e:
         raise IclEvalError(f"{task.path} ('{key}'): unsafe expression refused ({e})") from None
+    except LimitError as e:
+        raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {e}") from None
     except Exception as e:  # a Python error inside the expression
         raise IclEvalError(f"{task.path} ('{key}: {expression}'), doc {doc_id}: {type(e).__name__}: {e}") from None
 
@@ -116,7 +163,33 @@ def eval_expression(task: TaskConfig, key: str, doc: dict, doc_id: int):
 def string_list(task: TaskConfig, key: str, value, doc_id: int) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
         raise IclEvalError(f"{task.path}: '{key}: {getattr(task, key)}' must give a non-empty list of strings, got {value!r} for doc {doc_id}")
+    for i, v in enumerate(value):
+        # A missing value would be scored as the text "None"; a list or mapping as its Python repr.
+        if v is None or isinstance(v, (bool, list, tuple, dict)) or isinstance(v, float) and not math.isfinite(v):
+            raise IclEvalError(f"{task.path}: '{key}: {getattr(task, key)}' gives {v!r} as item {i} for doc {doc_id}; each must be a string (or a number)")
     return tuple(str(v) for v in value)
+
+
+def choice_index(task: TaskConfig, gold, n_choices: int, doc_id: int) -> int:
+    """An integer index: 1.7 is not 1, True is not 1, and "2" from a CSV is 2."""
+    index = None
+    if isinstance(gold, int) and not isinstance(gold, bool):
+        index = gold
+    elif isinstance(gold, float) and math.isfinite(gold) and gold.is_integer():
+        index = int(gold)
+    elif isinstance(gold, str) and gold.strip().lstrip("-").isdigit():
+        index = int(gold.strip())
+    if index is None:
+        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' must give an integer choice index, got {gold!r} for doc {doc_id}")
+    if not 0 <= index < n_choices:
+        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' gives {index} for doc {doc_id}, which has {n_choices} choices (0-based)")
+    return index
+
+
+def check_target(task: TaskConfig, tgt: str, doc_id: int) -> None:
+    if not tgt.strip():
+        where = load_template(task).filename
+        raise IclEvalError(f"{where} (block 'target'), doc {doc_id}: the target rendered empty ({tgt!r}), so only the delimiter would be scored; fix the document's field or the template")
 
 
 def template_hash(task: TaskConfig) -> str:
@@ -130,7 +203,12 @@ def render_block(task: TaskConfig, block: str, doc: dict, doc_id: int) -> str:
         return ""  # optional for this output type (see required_blocks)
     try:
         ctx = tmpl.new_context({**task.template_vars, **doc, "doc": doc, "doc_id": doc_id})
-        return "".join(tmpl.blocks[block](ctx))
+        with metered():
+            return render_bounded(tmpl.blocks[block](ctx))
+    except IclEvalError:
+        raise  # an include refused by the loader: already one line
+    except LimitError as e:
+        raise IclEvalError(f"{tmpl.filename} (block '{block}'), doc {doc_id}: {e}") from None
     except jinja2.UndefinedError as e:
         raise IclEvalError(f"{tmpl.filename} (block '{block}'), doc {doc_id}: {e.message}; the document's fields are: {', '.join(sorted(doc))}") from None
     except SecurityError as e:

@@ -25,7 +25,8 @@ def _task_files(folder: Path) -> list[Path]:
 
 
 def discover(include_paths: Sequence[str] = ()) -> dict[str, TaskConfig]:
-    """Every task by name; a user folder's task shadows a built-in of the same name."""
+    """Every task by name. A user folder's task may shadow a built-in of the same name (on purpose: a fixed or
+    changed copy of a shipped task); two task files of one name anywhere else are refused, naming both."""
     folders = [builtin_dir("tasks")]
     for inc in include_paths:
         p = Path(inc)
@@ -33,11 +34,23 @@ def discover(include_paths: Sequence[str] = ()) -> dict[str, TaskConfig]:
             raise IclEvalError(f"--include-path {inc}: not a folder; give a folder holding task YAML files")
         folders.append(p)
     tasks: dict[str, TaskConfig] = {}
-    for folder in folders:
-        builtin = folder == folders[0]
+    builtin_names: set[str] = set()
+    seen: set[Path] = set()
+    for folder in dict.fromkeys(f.resolve() for f in folders):  # a folder given twice is read once
+        builtin = folder == folders[0].resolve()
         for path in _task_files(folder):
+            if path.resolve() in seen:
+                continue  # the same file through two folders (one inside the other, or a link)
+            seen.add(path.resolve())
             prompts = builtin_dir("prompts") if builtin else None
             cfg = load_task_file(path, prompts)
+            other = tasks.get(cfg.name)
+            if other is not None and not (cfg.name in builtin_names and not builtin):
+                raise IclEvalError(f"task name '{cfg.name}' is defined twice: in {other.path} and in {path}; rename one (a task name must be unique)")
+            if builtin:
+                builtin_names.add(cfg.name)
+            else:
+                builtin_names.discard(cfg.name)  # shadowed once; a second user file of that name is a clash
             tasks[cfg.name] = cfg
     return tasks
 
@@ -58,8 +71,17 @@ def load_task(name_or_path: str, include_paths: Sequence[str] = ()) -> TaskConfi
 
 
 def load_tasks(spec: str, include_paths: Sequence[str] = ()) -> list[TaskConfig]:
-    """A comma-separated --tasks value."""
-    names = [s.strip() for s in spec.split(",") if s.strip()]
+    """A comma-separated --tasks value. A task named twice runs once (`--tasks a,a` would double its records);
+    two different task files of one name are refused, since their sample files would overwrite each other."""
+    names = list(dict.fromkeys(s.strip() for s in spec.split(",") if s.strip()))
     if not names:
         raise IclEvalError("--tasks is empty; give task names separated by commas, e.g. --tasks arithmetic_2da,lambada")
-    return [load_task(n, include_paths) for n in names]
+    tasks: dict[str, TaskConfig] = {}
+    for n in names:
+        cfg = load_task(n, include_paths)
+        other = tasks.get(cfg.name)
+        if other is None:
+            tasks[cfg.name] = cfg
+        elif Path(other.path).resolve() != Path(cfg.path).resolve():
+            raise IclEvalError(f"--tasks names two different tasks called '{cfg.name}': {other.path} and {cfg.path}; rename one")
+    return list(tasks.values())

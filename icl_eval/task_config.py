@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,18 @@ from icl_eval.errors import IclEvalError
 
 OUTPUT_TYPES = ("loglikelihood", "generate", "multiple_choice")
 SCORING_MODES = ("full", "partial")
+
+# A task's name becomes part of file names (samples/<name>_<K>shot.jsonl): no separators, no leading dot.
+# Letters and digits of any script (\w), '_', '.', '-': none of them is a path separator or a control character.
+NAME_PATTERN = re.compile(r"\w[\w.-]{0,99}")
+NAME_RULE = "1 to 100 letters, digits, '_', '.' or '-', starting with a letter, digit or '_'"
+
+# What one task file may cost. Real task files are a few hundred bytes; YAML aliases can make a small file
+# expand to gigabytes (the "billion laughs"), which would hang the run while it hashes the config.
+MAX_TASK_FILE_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # values after expanding aliases
+MAX_YAML_CHARS = 4_000_000  # characters of scalars after expanding aliases
+MAX_YAML_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,8 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         if key not in raw:
             raise IclEvalError(f"{path}: missing required key '{key}'")
     kw = dict(raw)
+    if isinstance(kw["name"], str) and not NAME_PATTERN.fullmatch(kw["name"]):
+        raise IclEvalError(f"{path}: 'name' {kw['name']!r} is not a valid task name: use {NAME_RULE} (it names the samples files)")
     for key in ("name", "template", "family", "description", "fewshot_delimiter", "target_delimiter", "contamination_fields",
                 "references", "normalizer", "choices", "gold", "scoring", "uncond_context"):
         if key in kw and (kw[key] is not None or key not in ("references", "choices", "gold")):
@@ -203,22 +218,80 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
     return TaskConfig(**kw, path=path, prompts_dir=prompts_dir)
 
 
-def load_task_file(path: Path, prompts_dir: Path | None = None) -> TaskConfig:
-    """Read one task YAML with the safe loader; syntax errors name the file and line."""
+def _decode(data: bytes, path: Path) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data:
+        raise IclEvalError(f"{path}: task file is UTF-16 (or holds NUL bytes); save it as UTF-8")
     try:
-        text = path.read_text(encoding="utf-8")
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IclEvalError(f"{path}: task file is not UTF-8 (byte {e.start}: {e.reason}); save it as UTF-8") from None
+
+
+def _expanded_size(node: yaml.Node, path: Path, memo: dict[int, tuple[int, int]], open_nodes: set[int], depth: int) -> tuple[int, int]:
+    """(values, scalar characters) of a node with every alias expanded; memoised, so a bomb costs its file size."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    line = f":{node.start_mark.line + 1}"
+    if key in open_nodes:
+        raise IclEvalError(f"{path}{line}: recursive YAML alias (a value that contains itself); task files are plain data, write the value out")
+    if depth > MAX_YAML_DEPTH:
+        raise IclEvalError(f"{path}{line}: YAML nested deeper than {MAX_YAML_DEPTH} levels (limit icl_eval.task_config.MAX_YAML_DEPTH)")
+    open_nodes.add(key)
+    values, chars = 1, 0
+    children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+    if isinstance(node, yaml.ScalarNode):
+        chars = len(node.value)
+    for child in children:
+        v, c = _expanded_size(child, path, memo, open_nodes, depth + 1)
+        values, chars = values + v, chars + c
+        if values > MAX_YAML_NODES or chars > MAX_YAML_CHARS:
+            raise IclEvalError(
+                f"{path}: YAML aliases expand to over {MAX_YAML_NODES:,} values or {MAX_YAML_CHARS:,} characters "
+                f"(limits icl_eval.task_config.MAX_YAML_NODES/MAX_YAML_CHARS); write the values out or use fewer aliases"
+            )
+    open_nodes.discard(key)
+    memo[key] = (values, chars)
+    return values, chars
+
+
+def _yaml_error(e: yaml.YAMLError, path: Path) -> IclEvalError:
+    if isinstance(e, yaml.constructor.ConstructorError) and "tag" in str(e.problem):  # e.g. !!python/object: the safe loader builds no objects
+        mark = e.problem_mark
+        return IclEvalError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML tag not allowed ({e.problem}); task files are plain data, remove the tag")
+    mark = getattr(e, "problem_mark", None)
+    line = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return IclEvalError(f"{path}{line}: YAML syntax error: {problem}; fix the YAML at that line")
+
+
+def read_yaml(path: Path) -> Any:
+    """A task file's data: size, encoding and alias expansion checked before anything is built."""
+    try:
+        if not path.is_file():
+            raise IclEvalError(f"{path}: not a regular file; a task file is a YAML text file")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TASK_FILE_BYTES + 1)
     except OSError as e:
         raise IclEvalError(f"{path}: cannot read task file ({e.strerror})") from None
+    if len(data) > MAX_TASK_FILE_BYTES:
+        raise IclEvalError(f"{path}: task file is over {MAX_TASK_FILE_BYTES:,} bytes (limit icl_eval.task_config.MAX_TASK_FILE_BYTES)")
+    text = _decode(data, path)
     try:
-        raw = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as e:  # e.g. !!python/object: the safe loader refuses to build objects
-        mark = e.problem_mark
-        raise IclEvalError(f"{path}{f':{mark.line + 1}' if mark else ''}: YAML tag not allowed ({e.problem}); task files are plain data, remove the tag") from None
+        # Compose first (parsing only, nothing is built) to measure what the aliases expand to.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None:
+            _expanded_size(root, path, {}, set(), 0)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise IclEvalError(f"{path}{line}: YAML syntax error: {problem}; fix the YAML at that line") from None
+        raise _yaml_error(e, path) from None
+    except RecursionError:
+        raise IclEvalError(f"{path}: YAML nested too deeply to read (limit {MAX_YAML_DEPTH} levels)") from None
+
+
+def load_task_file(path: Path, prompts_dir: Path | None = None) -> TaskConfig:
+    """Read one task YAML with the safe loader; syntax errors name the file and line."""
+    raw = read_yaml(path)
     if prompts_dir is None:
         prompts_dir = path.parent.parent / "prompts" if (path.parent.parent / "prompts").is_dir() else path.parent
     return parse_task(raw, str(path), str(prompts_dir))

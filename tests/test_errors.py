@@ -421,3 +421,167 @@ def test_contamination_bad_input_is_one_clear_line(make_argv, needles, tiny_chec
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     assert not (tmp_path / "out" / "contamination.json").exists()
+
+
+# --- hardening: task files, templates, data and generators that used to crash, leak or hang ------------------
+# Each of these once gave a traceback, a silently wrong score, a file read from outside the task, or a hang.
+
+MC_TASK = """name: t
+output_type: multiple_choice
+template: t.jinja
+choices: "[a, b]"
+gold: label
+metrics: [acc]
+data:
+  local: t.jsonl
+"""
+MC_TEMPLATE = "{% block input %}{{ q }}{% endblock %}"
+GEN_TASK = "name: t\noutput_type: loglikelihood\ntemplate: t.jinja\nmetrics: [acc]\ndata:\n  generator: arithmetic\n  generator_args: {ARGS}\n"
+GEN_TEMPLATE = "{% block input %}{{ context }}{% endblock %}{% block target %}{{ completion }}{% endblock %}"
+LAUGHS = "template_vars:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  {c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
+
+
+def validate_task(d: Path, task: str = TASK, template: str = TEMPLATE, data: str | None = None) -> list[str]:
+    return ["validate", str(write_task(d, task, template, data)), "--data-dir", str(d)]
+
+
+def _jsonl(*docs: dict) -> str:
+    return "".join(json.dumps(x) + "\n" for x in docs)
+
+
+def _symlink_include(d: Path, ckpt: Path) -> list[str]:
+    secret = d.parent / f"{d.name}-secret.txt"
+    secret.write_text("SECRET")
+    (d / "leak").symlink_to(secret)
+    return validate_task(d, template=TEMPLATE.replace("{{ q }}", "{% include 'leak' %}"))
+
+
+def _symlink_template(d: Path, ckpt: Path) -> list[str]:
+    argv = validate_task(d)
+    secret = d.parent / f"{d.name}-secret.jinja"
+    secret.write_text(TEMPLATE)
+    (d / "t.jinja").unlink()
+    (d / "t.jinja").symlink_to(secret)
+    return argv
+
+
+def _data_symlink_out(d: Path, ckpt: Path) -> list[str]:
+    argv = validate_task(d)
+    secret = d.parent / f"{d.name}-secret.jsonl"
+    secret.write_text(_jsonl(*DOCS))
+    (d / "t.jsonl").unlink()
+    (d / "t.jsonl").symlink_to(secret)
+    return argv
+
+
+def _data_traversal(d: Path, ckpt: Path) -> list[str]:
+    (d.parent / f"{d.name}-secret.jsonl").write_text(_jsonl(*DOCS))
+    return validate_task(d, task=TASK.replace("local: t.jsonl", f"local: ../{d.name}-secret.jsonl"))
+
+
+def _same_name_twice(d: Path, ckpt: Path) -> list[str]:
+    for sub in ("a", "b"):
+        (d / sub).mkdir()
+        write_task(d / sub)
+    return ["run", "--model", str(ckpt), "--tasks", "t", "--include-path", str(d / "a"), "--include-path", str(d / "b"), "--data-dir", str(d / "a"), "--output", str(d / "out")]
+
+
+def _latin1_task(d: Path, ckpt: Path) -> list[str]:
+    argv = validate_task(d)
+    (d / "t.yaml").write_bytes((TASK + 'description: "caf\xe9"\n').encode("latin-1"))
+    return argv
+
+
+def _utf16_task(d: Path, ckpt: Path) -> list[str]:
+    argv = validate_task(d)
+    (d / "t.yaml").write_bytes(TASK.encode("utf-16"))
+    return argv
+
+
+def _latin1_template(d: Path, ckpt: Path) -> list[str]:
+    argv = validate_task(d)
+    (d / "t.jinja").write_bytes(TEMPLATE.replace("Q:", "Qu\xe9:").encode("latin-1"))
+    return argv
+
+
+def _corrupt_zst(d: Path, ckpt: Path) -> list[str]:
+    (d / "t.jsonl.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"not zstd at all, truncated" * 3)
+    return validate_task(d, task=TASK.replace("local: t.jsonl", "local: t.jsonl.zst"))
+
+
+HARDENING_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    # --- security: reading outside the task, writing outside --output, expansion bombs ---
+    ("include-symlink-outside", _symlink_include, ("leak", "resolves to", "outside the task's template folders")),
+    ("template-symlink-outside", _symlink_template, ("t.jinja", "resolves to", "outside the task's template folders")),
+    ("data-symlink-outside", _data_symlink_out, ("data.local", "'t.jsonl' resolves to", "outside the data root")),
+    ("data-path-traversal", _data_traversal, ("data.local", "outside the data root", "absolute path")),
+    ("name-traversal", lambda d, c: run_task(d, c, task=TASK.replace("name: t", "name: ../../escaped")), ("t.yaml", "'../../escaped' is not a valid task name", "letters, digits, '_', '.' or '-'")),
+    ("name-absolute", lambda d, c: run_task(d, c, task=TASK.replace("name: t", "name: /tmp/x")), ("t.yaml", "'/tmp/x' is not a valid task name")),
+    ("name-hidden", lambda d, c: validate_task(d, task=TASK.replace("name: t", "name: .t")), ("'.t' is not a valid task name", "starting with a letter, digit or '_'")),
+    ("yaml-billion-laughs", lambda d, c: run_task(d, c, task=TASK + LAUGHS), ("t.yaml", "YAML aliases expand to over 100,000 values", "MAX_YAML_NODES")),
+    ("template-int-bomb", lambda d, c: run_task(d, c, template=TEMPLATE.replace("{{ q }}", "{{ 9**(9**9) }}")), ("t.jinja", "block 'input'", "doc 0", "MAX_INT_BITS")),
+    ("template-lipsum-bomb", lambda d, c: validate_task(d, template=TEMPLATE.replace("{{ q }}", "{{ lipsum(n=3000000) }}")), ("t.jinja", "lipsum(n=3000000", "limit of 100 paragraphs")),
+    ("template-string-bomb", lambda d, c: validate_task(d, template=TEMPLATE.replace("{{ q }}", "{{ 'x' * 10**10 }}")), ("t.jinja", "10,000,000,000", "limit of 4,000,000", "MAX_CHARS")),
+    # --- silently wrong results ---
+    ("same-name-two-folders", _same_name_twice, ("task name 't' is defined twice", "a/t.yaml", "b/t.yaml", "rename one")),
+    ("gold-fraction", lambda d, c: validate_task(d, task=MC_TASK, template=MC_TEMPLATE, data=_jsonl({"q": "x", "a": "1", "b": "2", "label": 1.7})), ("t.yaml", "'gold: label'", "integer choice index", "1.7", "doc 0")),
+    ("gold-infinite", lambda d, c: validate_task(d, task=MC_TASK.replace("gold: label", 'gold: "label | float"'), template=MC_TEMPLATE, data=_jsonl({"q": "x", "a": "1", "b": "2", "label": "Infinity"})), ("t.yaml", "integer choice index", "inf", "doc 0")),
+    ("gold-json-infinity", lambda d, c: validate_task(d, task=MC_TASK, template=MC_TEMPLATE, data='{"q": "x", "a": "1", "b": "2", "label": Infinity}\n'), ("t.jsonl:1", "Infinity is not valid JSON")),
+    ("empty-target", lambda d, c: validate_task(d, data=_jsonl({"q": "x", "a": "1"}, {"q": "y", "a": ""})), ("t.jinja", "block 'target'", "doc 1", "rendered empty")),
+    ("null-choice", lambda d, c: validate_task(d, task=MC_TASK, template=MC_TEMPLATE, data=_jsonl({"q": "x", "a": "1", "b": None, "label": 0})), ("t.yaml", "'choices: [a, b]'", "None as item 1", "doc 0")),
+    # --- tracebacks where one line was promised: task files ---
+    ("task-file-latin1", _latin1_task, ("t.yaml", "not UTF-8", "save it as UTF-8")),
+    ("task-file-utf16", _utf16_task, ("t.yaml", "UTF-16", "save it as UTF-8")),
+    ("template-latin1", _latin1_template, ("t.jinja", "template is not UTF-8", "save it as UTF-8")),
+    ("yaml-recursive-alias", lambda d, c: validate_task(d, task=TASK + "template_vars: &r {x: *r}\n"), ("t.yaml:7", "recursive YAML alias")),
+    # --- data ---
+    ("data-lone-surrogate", lambda d, c: validate_task(d, data=_jsonl(DOCS[0]) + '{"q": "\\ud800", "a": "1"}\n'), ("t.jsonl:2", "lone UTF-16 surrogate")),
+    ("data-nested-deep", lambda d, c: validate_task(d, data=_jsonl(DOCS[0]) + '{"q": ' + "[" * 100_000 + "]" * 100_000 + "}\n"), ("t.jsonl:2", "nested too deeply")),
+    ("data-corrupt-zst", _corrupt_zst, ("t.jsonl.zst", "cannot read data file", "re-download it")),
+    # --- generators ---
+    ("generator-unknown-op", lambda d, c: validate_task(d, task=GEN_TASK.replace("{ARGS}", "{op: divide}"), template=GEN_TEMPLATE), ("generator 'arithmetic'", "op 'divide'", "plus, minus, times, three_ops")),
+    ("generator-zero-docs", lambda d, c: validate_task(d, task=GEN_TASK.replace("{ARGS}", "{op: plus, n: 0}"), template=GEN_TEMPLATE), ("generator 'arithmetic'", "generator_args.n", "from 1 to", "got 0")),
+    # --- validate reads every document, not only the first ---
+    ("validate-later-document", lambda d, c: validate_task(d, data=_jsonl(*DOCS[:3], {"q": "x"}, DOCS[4])), ("t.jinja", "block 'target'", "doc 3", "'a' is undefined")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in HARDENING_CASES], ids=[c[0] for c in HARDENING_CASES])
+def test_hardening_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
+    assert "SECRET" not in capsys.readouterr().out
+
+
+def test_unreadable_template_is_one_line(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    from icl_eval import prompts
+
+    real_open = builtins.open
+
+    def refuse(path, *a, **k):  # chmod 000 does not stop root, so the refusal is simulated
+        if str(path).endswith("t.jinja"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(prompts, "open", refuse, raising=False)
+    assert main(validate_task(tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("icl-eval: error: ") and "\n" not in err
+    assert "t.jinja: cannot read template (Permission denied)" in err
+
+
+def test_repeated_task_runs_once(tiny_checkpoint, tmp_path, capsys):
+    path = str(write_task(tmp_path))
+    assert main(["run", "--model", str(tiny_checkpoint), "--tasks", f"{path},{path}", "--data-dir", str(tmp_path), "--output", str(tmp_path / "out"), "--no-cache"]) == 0
+    res, _ = _results(capsys)
+    assert res["settings"]["tasks"] == ["t"] and len(res["records"]) == 1
+
+
+def test_a_user_task_may_shadow_a_builtin(tmp_path):
+    from icl_eval.registry import discover
+
+    write_task(tmp_path, task=TASK.replace("name: t", "name: lambada"))
+    assert discover([str(tmp_path)])["lambada"].path == str(tmp_path / "t.yaml")

@@ -211,3 +211,148 @@ def test_the_guard_catches_what_it_should():
 def test_safe_loader_everywhere():
     uses = [p for p in (REPO / "icl_eval").rglob("*.py") if "yaml." in p.read_text()]
     assert uses and all("yaml.safe_load" in p.read_text() for p in uses)
+
+
+# --- hardening: leaks through links, names that leave --output, and expansion bombs ------------------------------
+
+
+def test_an_include_through_a_symlink_cannot_read_outside_the_task(tmp_path):
+    task_dir = tmp_path / "task"
+    task_dir.mkdir()
+    (tmp_path / "secret.txt").write_text("SECRET")
+    (task_dir / "leak").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(IclEvalError, match=r"resolves to .*secret\.txt, outside the task's template folders") as e:
+        render_block(_task(task_dir, "{% include 'leak' %}"), "input", {"q": "hi", "a": "x"}, 0)
+    assert "SECRET" not in str(e.value)
+
+
+def test_an_include_through_a_symlink_inside_the_task_still_works(tmp_path):
+    (tmp_path / "real.txt").write_text("shared part")
+    (tmp_path / "part").symlink_to(tmp_path / "real.txt")
+    assert render_block(_task(tmp_path, "{% include 'part' %}"), "input", {"q": "hi", "a": "x"}, 0) == "shared part"
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "ABSOLUTE/escaped", "a/b", "a\\b", ".hidden", "..", "-rf", "x" * 101, "tab\tname", "nul\x00", ""])
+def test_task_names_that_would_leave_the_run_folder_are_refused(name, tmp_path, tiny_checkpoint, capsys):
+    name = name.replace("ABSOLUTE", str(tmp_path))
+    (tmp_path / "t.yaml").write_text(TASK.replace("name: t", f"name: {json.dumps(name)}"))
+    (tmp_path / "t.jinja").write_text("{% block input %}{{ q }}{% endblock %}{% block target %}{{ a }}{% endblock %}")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"q": "hi", "a": "x"}) + "\n")
+    out = tmp_path / "deep" / "er" / "out"
+    argv = ["run", "--model", str(tiny_checkpoint), "--tasks", str(tmp_path / "t.yaml"), "--data-dir", str(tmp_path), "--output", str(out), "--no-cache"]
+    assert main(argv) == 2
+    assert "is not a valid task name" in capsys.readouterr().err
+    written = [p for p in tmp_path.rglob("*") if p.suffix == ".jsonl" and p.name != "t.jsonl"]
+    assert not written
+
+
+def test_valid_task_names_load(tmp_path):
+    for name in ("t", "arithmetic_2da", "my-task.v2", "_x", "A" * 100, "übersetzung_de", "問答"):
+        (tmp_path / "t.yaml").write_text(TASK.replace("name: t", f"name: {name}"))
+        assert load_task_file(tmp_path / "t.yaml").name == name
+
+
+# Each bomb runs in a child with 1 GiB of address space and a time limit: before the limits existed these hung
+# or were killed; now each ends in one IclEvalError naming the file and the limit, in well under a second.
+_LAUGHS = "template_vars:\n  a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"  {c}: &{c} [{', '.join([f'*{p}'] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
+_LONG_SCALAR = "template_vars:\n  a: &a " + "x" * 100_000 + "\n  b: &b [" + ", ".join(["*a"] * 100) + "]\n  c: [" + ", ".join(["*b"] * 100) + "]\n"
+YAML_BOMBS = {"billion-laughs": (_LAUGHS, "MAX_YAML_NODES"), "long-scalar-aliases": (_LONG_SCALAR, "MAX_YAML_CHARS"), "recursive-alias": ("template_vars: &r {x: [*r]}\n", "recursive YAML alias")}
+TEMPLATE_BOMBS = {
+    "int-power": ("{{ 9**(9**9) }}", "MAX_INT_BITS"),
+    "int-product": ("{% set n = 10**1000 %}{{ n * n * n * n * n }}", "MAX_INT_BITS"),
+    "lipsum": ("{{ lipsum(n=3000000) }}", "limit of 100 paragraphs"),
+    "string-repeat": ("{{ 'x' * 10**10 }}", "MAX_CHARS"),
+    "list-repeat": ("{{ ([0] * 10**10)|length }}", "MAX_CHARS"),
+    "range": ("{{ range(10**9)|list|length }}", "Range too big"),
+    "ljust": ("{{ 'x'.ljust(10**10) }}", "MAX_CHARS"),
+    "center-filter": ("{{ 'x'|center(10000000000) }}", "MAX_CHARS"),
+    "format-width": ("{{ '{:>9999999999}'.format(1) }}", "MAX_CHARS"),
+    "percent-width": ("{{ '%0999999999d' % 1 }}", "MAX_CHARS"),
+    "concat-doubling": ("{% set ns = namespace(s='x' * 1000000) %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}", "MAX_CHARS"),
+    "join": ("{{ range(100000)|join('x' * 100000) }}", "MAX_CHARS"),
+    "replace": ("{{ ('ab' * 1000000)|replace('', 'x' * 1000) }}", "MAX_CHARS"),
+    "output": ("{% set s = 'x' * 1000000 %}{% for i in range(10000) %}{{ s }}{% endfor %}", "rendered block is over"),
+    "total": ("{% for i in range(100000) %}{% set s = 'x' * 3000000 %}{% endfor %}", "MAX_TOTAL_CHARS"),
+    "nested-loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "MAX_SECONDS"),
+}
+_CHILD = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+from pathlib import Path
+from icl_eval import template_sandbox
+from icl_eval.errors import IclEvalError
+from icl_eval.prompts import render_block
+from icl_eval.task_config import load_task_file
+template_sandbox.MAX_SECONDS = 0.5
+try:
+    task = load_task_file(Path(sys.argv[1]))
+    task.config_hash()
+    render_block(task, "input", {"q": "hi", "a": "x"}, 0)
+except IclEvalError as e:
+    print("REFUSED", e)
+else:
+    print("RENDERED")
+"""
+
+
+def _bomb(tmp_path: Path, task: str, template_input: str) -> str:
+    import subprocess
+    import sys
+
+    (tmp_path / "t.yaml").write_text(task)
+    (tmp_path / "t.jinja").write_text("{% block input %}" + template_input + "{% endblock %}{% block target %}{{ a }}{% endblock %}")
+    try:
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "t.yaml")], capture_output=True, text=True, timeout=20, cwd=REPO,
+                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    except subprocess.TimeoutExpired:
+        pytest.fail("the bomb ran past 20 s")
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("bomb", YAML_BOMBS, ids=list(YAML_BOMBS))
+def test_yaml_expansion_bombs_are_refused_in_bounded_time_and_memory(bomb, tmp_path):
+    yaml_text, needle = YAML_BOMBS[bomb]
+    out = _bomb(tmp_path, TASK + yaml_text, "{{ q }}")
+    assert out.startswith("REFUSED") and "t.yaml" in out and needle in out, out
+
+
+@pytest.mark.parametrize("bomb", TEMPLATE_BOMBS, ids=list(TEMPLATE_BOMBS))
+def test_template_expansion_bombs_are_refused_in_bounded_time_and_memory(bomb, tmp_path):
+    template_input, needle = TEMPLATE_BOMBS[bomb]
+    out = _bomb(tmp_path, TASK, template_input)
+    assert out.startswith("REFUSED") and "t.jinja" in out and "block 'input'" in out and needle in out, out
+
+
+@pytest.mark.parametrize(
+    "template_input,expected",
+    [
+        ("{{ 2**100 }}", str(2**100)),
+        ("{{ 'ab' * 3 }}~{{ [1] * 2 }}", "ababab~[1, 1]"),
+        ("{{ '%05d|%s' % (42, 'x') }}", "00042|x"),
+        ("{{ '{:>6}'.format('ab') }}", "    ab"),
+        ("{% for w in 'a b c'.split() %}{{ w ~ loop.index }}{% endfor %}", "a1b2c3"),
+        ("{{ ['x', 'y']|join(', ') }} {{ 'aXa'|replace('X', 'b') }} {{ 'ab'|center(6) }}", "x, y aba   ab  "),
+        ("{{ q ~ '?' if not q.endswith('?') else q }}", "hi?"),
+    ],
+)
+def test_the_limits_leave_ordinary_templates_alone(template_input, expected, tmp_path):
+    assert render_block(_task(tmp_path, template_input), "input", {"q": "hi", "a": "x"}, 0) == expected
+
+
+def test_data_paths_stay_under_the_data_root_unless_absolute(tmp_path):
+    from icl_eval.data import load_docs
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "d.jsonl").write_text(json.dumps({"q": "SECRET", "a": "x"}) + "\n")
+    (root / "link.jsonl").symlink_to(outside / "d.jsonl")
+    for local in ("../outside/d.jsonl", "link.jsonl"):
+        (tmp_path / "t.yaml").write_text(TASK.replace("local: t.jsonl", f"local: {local}"))
+        with pytest.raises(IclEvalError, match="outside the data root"):
+            load_docs(load_task_file(tmp_path / "t.yaml"), str(root))
+    (tmp_path / "t.yaml").write_text(TASK.replace("local: t.jsonl", f"local: {outside / 'd.jsonl'}"))  # on purpose
+    assert load_docs(load_task_file(tmp_path / "t.yaml"), str(root))[0]["q"] == "SECRET"

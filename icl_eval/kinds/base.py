@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icl_eval.errors import IclEvalError
-from icl_eval.prompts import Example, query_input, render_example
+from icl_eval.prompts import Example, check_target, query_input, render_example, render_zero_shot
 from icl_eval.requests import Request, Result
 from icl_eval.task_config import TaskConfig
 
@@ -35,6 +35,7 @@ class Kind:
     name: str = ""
     blocks: tuple[str, ...] = ("input", "target")  # template blocks a task of this kind must define
     allows_choices: bool = False  # `choices` / `gold` keys (multiple choice only)
+    max_shots: int | None = None  # the most demonstrations a prompt of this kind may hold (None: any)
 
     def check(self, task: TaskConfig) -> None:
         """Kind-specific checks of a parsed task file (generic ones are done by task_config)."""
@@ -47,8 +48,9 @@ class Kind:
 
     def example(self, task: TaskConfig, doc: dict, doc_id: int) -> Example:
         """One document rendered by the task's template, before any demonstrations."""
-        inp, tgt, zero = render_example(task, doc, doc_id)
-        return Example(doc_id, inp, tgt, input_zero_shot=zero)
+        inp, tgt = render_example(task, doc, doc_id)
+        check_target(task, tgt, doc_id)  # an empty target would score the delimiter alone
+        return Example(doc_id, inp, tgt, input_zero_shot=render_zero_shot(task, doc, doc_id))
 
     def pairs(self, task: TaskConfig, prefix: str, query: Example, shots: int) -> list[tuple[str, str]]:
         """(context, continuation) pairs of one example after the demonstrations' prefix: what must fit."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from icl_eval import metrics
 from icl_eval.kinds.base import Kind, Prompt
-from icl_eval.prompts import Example, eval_expression, render_example, string_list
+from icl_eval.prompts import Example, check_target, eval_expression, render_example, render_zero_shot, string_list
 from icl_eval.requests import GenerationRequest, GenerationResult, Request
 from icl_eval.task_config import TaskConfig
 
@@ -15,9 +15,13 @@ class Generate(Kind):
     name = "generate"
 
     def example(self, task: TaskConfig, doc: dict, doc_id: int) -> Example:
-        inp, tgt, zero = render_example(task, doc, doc_id)
-        refs = string_list(task, "references", eval_expression(task, "references", doc, doc_id), doc_id) if task.references else (tgt,)
-        return Example(doc_id, inp, tgt, references=refs, input_zero_shot=zero)
+        inp, tgt = render_example(task, doc, doc_id)
+        if task.references:
+            refs = string_list(task, "references", eval_expression(task, "references", doc, doc_id), doc_id)
+        else:
+            check_target(task, tgt, doc_id)
+            refs = (tgt,)
+        return Example(doc_id, inp, tgt, references=refs, input_zero_shot=render_zero_shot(task, doc, doc_id))
 
     def extra_tokens(self, task: TaskConfig) -> int:
         return task.max_new_tokens

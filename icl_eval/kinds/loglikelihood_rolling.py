@@ -9,7 +9,7 @@ from typing import Any
 from icl_eval import rolling
 from icl_eval.errors import IclEvalError
 from icl_eval.kinds.base import Kind, Prompt
-from icl_eval.prompts import Example
+from icl_eval.prompts import Example, render_block
 from icl_eval.requests import Request, RollingRequest, RollingResult
 from icl_eval.task_config import TaskConfig
 
@@ -27,6 +27,9 @@ class LoglikelihoodRolling(Kind):
             raise IclEvalError(f"{task.path}: 'word_count' must be one of {', '.join(WORD_COUNTS)}, got {task.word_count!r}")
         if task.rolling_stride is not None and task.rolling_stride < 1:
             raise IclEvalError(f"{task.path}: 'rolling_stride' must be a positive number of tokens, got {task.rolling_stride}")
+
+    def example(self, task: TaskConfig, doc: dict, doc_id: int) -> Example:
+        return Example(doc_id, render_block(task, "input", doc, doc_id), "")  # the document itself; no target
 
     def pairs(self, task: TaskConfig, prefix: str, query: Example, shots: int) -> list[tuple[str, str]]:
         return [(prefix + query.input, "")]  # windows fit any length: nothing is ever dropped or truncated

@@ -12,7 +12,7 @@ from typing import Any
 from icl_eval import metrics
 from icl_eval.errors import IclEvalError
 from icl_eval.kinds.base import Kind, Prompt
-from icl_eval.prompts import Example, eval_expression, render_example, string_list
+from icl_eval.prompts import Example, check_target, choice_index, eval_expression, render_example, render_zero_shot, string_list
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, Request
 from icl_eval.task_config import TaskConfig
 
@@ -38,13 +38,14 @@ class MultipleChoice(Kind):
         return ("target",) if task.scoring == "partial" else ("input",)
 
     def example(self, task: TaskConfig, doc: dict, doc_id: int) -> Example:
-        inp, tgt, zero = render_example(task, doc, doc_id)
+        inp, tgt = render_example(task, doc, doc_id)
         choices = string_list(task, "choices", eval_expression(task, "choices", doc, doc_id), doc_id)
-        gold = _gold_index(task, eval_expression(task, "gold", doc, doc_id), len(choices), doc_id)
+        gold = choice_index(task, eval_expression(task, "gold", doc, doc_id), len(choices), doc_id)
         if task.scoring == "partial":
+            check_target(task, tgt, doc_id)  # the continuation every option shares
             inputs = tuple(inp + c for c in choices)
             return Example(doc_id, inputs[gold], tgt, inputs, gold)
-        return Example(doc_id, inp, choices[gold], choices, gold, input_zero_shot=zero)
+        return Example(doc_id, inp, choices[gold], choices, gold, input_zero_shot=render_zero_shot(task, doc, doc_id))
 
     def pairs(self, task: TaskConfig, prefix: str, query: Example, shots: int) -> list[tuple[str, str]]:
         delim = task.target_delimiter
@@ -97,16 +98,6 @@ class MultipleChoice(Kind):
             shown = repr(continuation) if task.scoring == "full" else f"{repr(context[-80:])} -> {repr(continuation)}"
             lines.append(f"{'*' if i == query.gold else ' '} [{i}] {shown}")
         return lines
-
-
-def _gold_index(task: TaskConfig, gold: Any, n_choices: int, doc_id: int) -> int:
-    try:
-        index = int(gold)
-    except (TypeError, ValueError, OverflowError):
-        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' must give a choice index, got {gold!r} for doc {doc_id}") from None
-    if not 0 <= index < n_choices:
-        raise IclEvalError(f"{task.path}: 'gold: {task.gold}' gives {index} for doc {doc_id}, which has {n_choices} choices (0-based)")
-    return index
 
 
 KIND = MultipleChoice()
