@@ -140,14 +140,12 @@ def _remove_if_empty(run_dir) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval import distributed  # torch: loaded by the commands that need it, not by `contamination`
-    from icl_eval.cache import CachedModel, ResponseCache, code_version, default_path
-    from icl_eval.devices import validate_device
-    from icl_eval.evaluator import Settings, evaluate, prepare_all
+    from icl_eval.cache import default_path
+    from icl_eval.evaluator import Settings, evaluate
     from icl_eval.models.hf import HFModel
-    from icl_eval.prompts import load_template
     from icl_eval.provenance import environment
-    from icl_eval.registry import load_tasks
-    from icl_eval.results import RunResult, RunWriter, new_run_id, now
+    from icl_eval.results import RunWriter, new_run_id
+    from icl_eval.session import check_inputs, refuse_conflicting, wrap
 
     # Everything that can be checked without the model is checked before it loads: a typo, a missing data
     # file or too few demonstrations must not cost a ten-minute load first.
@@ -155,17 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     batch_size = parse_batch_size(str(args.batch_size))
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
-    if args.no_cache and args.cache:
-        raise IclEvalError(f"--cache {args.cache} and --no-cache contradict each other; give one of them")
-    if args.output == "":
-        raise IclEvalError("--output '': give a folder, e.g. --output results (an empty one would write into the current folder)")
-    validate_device(args.device)
-    tasks = load_tasks(args.tasks, args.include_path)
-    for task in tasks:
-        load_template(task)
-    contamination = _load_contamination(args.contamination)
+    refuse_conflicting(args.no_cache, args.cache, args.output)
     settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
-    prepared = prepare_all(tasks, settings)  # data found and read, K within every pool, every document renders
+    inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination)
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
         raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
@@ -174,38 +164,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every process computes the same results; only the first writes them and prints.
     writer = RunWriter(args.output if rank == 0 else tempfile.mkdtemp(prefix="icl-eval-rank"), run_id)
     try:
-        for prep in prepared:
+        for prep in inputs.prepared:
             for k in shots:
                 writer.samples_path(prep.task.name, k)  # every samples file lands inside the run folder
-        model = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
-        cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))  # after the model: a bad --model leaves no file
+        backend = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+        # After the model: a bad --model leaves no cache file.
+        model, cache = wrap(backend, None if args.no_cache else str(args.cache or default_path(args.output)), rank, processes)
     except IclEvalError:
         _remove_if_empty(writer.dir)
         raise
-    result = RunResult(
-        run_id=run_id,
-        started_at=now(),
-        model={
-            "name": model.name, "path": model.path, "num_parameters": model.num_parameters, "dtype": str(model.dtype).removeprefix("torch."),
-            "device": str(model.device), "fingerprint": model.fingerprint(), "max_length": model.max_length,
-        },
-        settings={
-            "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
-            "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "processes": processes, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
-        },
-        environment=environment(),
-    )
-    result.settings["cache"] = str(cache.path) if cache is not None else None
     echo = print if rank == 0 else (lambda _: None)
-    echo(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
+    described = backend.describe()
+    echo(f"model {described['name']}: {described['num_parameters']:,} parameters, {described['dtype']} on {described['device']}, context {described['max_length']}, BOS {backend.settings()['bos']}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
     if cache is not None:
         echo(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
-        model = CachedModel(model, cache, result.model["fingerprint"], model.bos_policy, code_version(model))
-    if processes > 1:
-        # Outside the cache: each process looks up and stores only its own shard, so no collective waits on cache state.
-        model = distributed.DataParallel(model, rank, processes)
     try:
-        evaluate(model, prepared, settings, writer, result, echo=echo)
+        result = evaluate(model, inputs.prepared, inputs.settings, on_samples=writer.write_samples, echo=echo, run_id=run_id)
+        result.environment = environment()
+        writer.write_results(result)
     except BaseException:
         _remove_if_empty(writer.dir)  # a run that wrote nothing leaves no folder; finished samples always stay
         raise
@@ -217,29 +193,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     if cache is not None:
         counts = [c for info in result.tasks.values() for c in info.get("cache", {}).values()]
-        share = " (this process's share)" if processes > 1 else ""
-        print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed{share}")
+        print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed")
     _print_table(result.records)
     for name, info in result.tasks.items():
         for k, counts in info["truncation"].items():
             if any(counts.values()):
                 print(f"note: {name} {k}-shot: {counts['demos_dropped']} prompts lost demonstrations, {counts['left_truncated']} were left-truncated, {counts['nonfinite']} had NaN/inf logits (excluded)")
-    if contamination is not None:
+    if inputs.contamination is not None:
         from icl_eval.contamination.rescore import rescore_runs, write_rescore
 
-        rows, text = rescore_runs(contamination, [("", writer.dir, [dataclasses.asdict(r) for r in result.records])])
+        rows, text = rescore_runs(inputs.contamination, [("", writer.dir, [dataclasses.asdict(r) for r in result.records])])
         print(text, end="")
         write_rescore(writer.dir, rows, text)
     print(writer.results_path)
     return 0
-
-
-def _load_contamination(path: str | None):
-    if path is None:
-        return None
-    from icl_eval.contamination.rescore import load_report
-
-    return load_report(path)
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -284,13 +251,8 @@ def _show_prompt(task, args: argparse.Namespace) -> None:
     print("\n--- repr ---")
     print(repr(p.context))
     print(repr(p.target))
-    if task.output_type == "multiple_choice":
-        # Every candidate's (context, continuation), exactly as scored; the gold one is marked.
-        gold = prep.example(args.index).gold
-        print(f"--- {len(p.requests)} candidates ({task.scoring} scoring), gold {gold} ---")
-        for i, (context, continuation) in enumerate(p.requests):
-            shown = repr(continuation) if task.scoring == "full" else f"{repr(context[-80:])} -> {repr(continuation)}"
-            print(f"{'*' if i == gold else ' '} [{i}] {shown}")
+    for line in prep.kind.show(task, p, prep.example(args.index)):  # multiple choice: every candidate as scored, gold marked
+        print(line)
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:

@@ -1,29 +1,24 @@
-"""One evaluation run: for each task and shot count, build prompts, ask the model, score, and log."""
+"""One evaluation run, the same generic path for every kind of task: for each task and shot count, build the
+prompts, collect every prompt's requests, make one backend call, split the results back and let the task's kind
+score them. `evaluate` returns the whole result and writes nothing; the caller writes and prints."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from tqdm import tqdm
 
 from icl_eval import fewshot, metrics
 from icl_eval.data import load_source
 from icl_eval.errors import IclEvalError
-from icl_eval.prompts import Example, assemble, description_for, prompt_hash, query_input, render, template_hash
-from icl_eval.requests import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
-from icl_eval.results import Record, RunResult, RunWriter, now
+from icl_eval.kinds import Kind, Prompt, kind_of
+from icl_eval.prompts import Example, assemble, description_for, prompt_hash, template_hash
+from icl_eval.requests import Model, Request, Result, call_model
+from icl_eval.results import Record, RunResult, new_run_id, now
 from icl_eval.task_config import TaskConfig
-
-
-class Model(Protocol):
-    max_length: int
-
-    def count_tokens(self, text: str) -> int: ...
-    def loglikelihood(self, requests, progress=None, on_result=None): ...
-    def generate(self, requests, progress=None, on_result=None): ...
 
 
 @dataclass(frozen=True)
@@ -48,23 +43,16 @@ class PreparedTask:
     doc_ids: list[int]  # the documents evaluated (all, or the --limit subset)
     _rendered: dict[tuple[bool, int], Example] = field(default_factory=dict)
 
+    @property
+    def kind(self) -> Kind:
+        return kind_of(self.task.output_type, self.task.path)
+
     def example(self, doc_id: int, from_pool: bool = False) -> Example:
         key = (from_pool and not self.same_split, doc_id)
         if key not in self._rendered:
             docs = self.pool if key[0] else self.docs
-            self._rendered[key] = render(self.task, docs[doc_id], doc_id)
+            self._rendered[key] = self.kind.example(self.task, docs[doc_id], doc_id)
         return self._rendered[key]
-
-
-@dataclass(frozen=True)
-class Prompt:
-    doc_id: int
-    fewshot_ids: tuple[int, ...]
-    context: str
-    target: str  # the gold continuation, target delimiter included
-    demos_dropped: int  # demonstrations removed from the front to fit the model's context
-    # (context, continuation) per candidate of a multiple-choice example; (context, target) otherwise.
-    requests: tuple[tuple[str, str], ...] = ()
 
 
 def prepare(task: TaskConfig, settings: Settings) -> PreparedTask:
@@ -88,6 +76,9 @@ def prepare_all(tasks: list[TaskConfig], settings: Settings) -> list[PreparedTas
         raise IclEvalError(f"--fewshot-mode {settings.fewshot_mode}: choose one of {', '.join(fewshot.FEWSHOT_MODES)}")
     prepared = []
     for task in tasks:
+        most = kind_of(task.output_type, task.path).max_shots
+        if most is not None and max(settings.shots) > most:
+            raise IclEvalError(f"--shots {max(settings.shots)}: task '{task.name}' ({task.output_type}) takes at most {most} demonstrations; run it with --shots {most}")
         prep = prepare(task, settings)
         fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(settings.shots), len(prep.pool), prep.same_split)  # fail fast on K
         for doc_id in prep.doc_ids:
@@ -104,23 +95,9 @@ def _fits(model: Model, context: str, continuation: str, extra: int) -> bool:
     return model.count_tokens(context) + model.count_tokens(continuation) <= budget
 
 
-def request_pairs(task: TaskConfig, prefix: str, query: Example, k: int) -> list[tuple[str, str]]:
-    """(context, continuation) pairs of one example after the demonstrations' prefix.
-
-    Full multiple choice: one context string shared by every candidate (the backend encodes it once);
-    partial: each option closes its own context and the shared target is scored."""
-    delim = task.target_delimiter
-    if task.output_type == "multiple_choice":
-        if task.scoring == "partial":
-            return [(prefix + c, delim + query.target) for c in query.choices]
-        context = prefix + query.input
-        return [(context, delim + c) for c in query.choices]
-    return [(prefix + query_input(query, k), delim + query.target)]
-
-
 def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0, fewshot_mode: str = "per_example") -> Prompt:
     """The prompt for one example at K shots; whole demonstrations drop from the front until it fits."""
-    task = prep.task
+    task, kind = prep.task, prep.kind
     draw = fewshot.draw_fixed if fewshot_mode == "fixed" else fewshot.draw
     ids = draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split)
     query = prep.example(doc_id)
@@ -130,7 +107,7 @@ def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Mode
     def pairs_after_dropping(n: int) -> list[tuple[str, str]]:
         # assemble() with an empty query is everything before the query: description and demonstrations.
         prefix = assemble(description, demos[n:], "", task.fewshot_delimiter, task.target_delimiter)
-        return request_pairs(task, prefix, query, k)
+        return kind.pairs(task, prefix, query, k)
 
     def fits(n: int) -> bool:
         if n == len(demos):
@@ -153,10 +130,7 @@ def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Mode
             low = mid + 1
     dropped = low
     pairs = pairs_after_dropping(dropped)
-    if task.output_type == "multiple_choice":
-        context, target = pairs[query.gold]
-    else:
-        context, target = pairs[0]
+    context, target = kind.gold_pair(query, pairs)
     return Prompt(doc_id, tuple(ids[dropped:]), context, target, dropped, tuple(pairs))
 
 
@@ -173,86 +147,56 @@ def _progress_bar(total: int, desc: str) -> tuple[tqdm, Callable[[int, int], Non
     return bar, update
 
 
-def _request_log_likelihoods(task: TaskConfig, prompts: list[Prompt], model: Model, progress) -> tuple[list, list | None]:
-    """Per prompt, its candidates' results; and, for acc_uncond, each candidate's result after the neutral context.
+@dataclass
+class TaskRun:
+    """One task at one shot count: its records, per-example logs, truncation and cache counts."""
 
-    One flat call so the backend batches everything together; unconditional requests are deduplicated (the same
-    answer text after the same neutral context is one request)."""
-    flat = [LoglikelihoodRequest(c, t) for p in prompts for c, t in p.requests]
-    uncond_index: dict[str, int] = {}
-    if "acc_uncond" in task.metrics:
-        for p in prompts:
-            for _, cont in p.requests:
-                uncond_index.setdefault(cont, len(uncond_index))
-    uncond_reqs = [LoglikelihoodRequest(task.uncond_context, cont) for cont in uncond_index]
-    outs = model.loglikelihood(flat + uncond_reqs, progress)
-    per_prompt, at = [], 0
-    for p in prompts:
-        per_prompt.append(outs[at : at + len(p.requests)])
-        at += len(p.requests)
-    if not uncond_index:
-        return per_prompt, None
-    uncond_out = outs[len(flat):]
-    return per_prompt, [[uncond_out[uncond_index[cont]] for _, cont in p.requests] for p in prompts]
+    records: list[Record]
+    samples: list[dict[str, Any]]
+    truncation: dict[str, int]
+    cache: dict[str, int]
 
 
-def _candidate_log(context: str | None, continuation: str, out: LoglikelihoodResult, uncond: LoglikelihoodResult | None) -> dict[str, Any]:
-    """One candidate as scored: `text` is the exact continuation (target delimiter included); `context` only
-    where candidates differ in it (partial scoring)."""
-    entry: dict[str, Any] = {} if context is None else {"context": context}
-    entry.update(text=continuation, loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, n_chars=out.n_chars, is_greedy=out.is_greedy)
-    if uncond is not None:
-        entry["uncond_loglikelihood"] = uncond.loglikelihood
-    return entry
+def task_key(task: TaskConfig) -> str:
+    """What every request of a task carries: the response cache keys on it (config and template hash)."""
+    return f"{task.config_hash()}:{template_hash(task)}"
 
 
-def _ask(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Prompt], list, list | None]:
-    """Prompts for one task at K shots and the model's results for them (with acc_uncond's, when asked)."""
-    task = prep.task
-    extra = task.max_new_tokens if task.output_type == "generate" else 0
-    prompts = [build_prompt(prep, d, k, settings.seed, model, extra, settings.fewshot_mode) for d in prep.doc_ids]
-    n_requests = sum(len(p.requests) for p in prompts)
-    if "acc_uncond" in task.metrics:  # plus one unconditional request per distinct continuation
-        n_requests += len({cont for p in prompts for _, cont in p.requests})
-    bar, progress = _progress_bar(n_requests, f"{task.name} {k}-shot")
-    uncond = None
+def _ask(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Prompt], list[list[Result]], dict[str, int]]:
+    """Prompts for one task at K shots, and per prompt the results of its requests (one backend call)."""
+    task, kind = prep.task, prep.kind
+    prompts = [build_prompt(prep, d, k, settings.seed, model, kind.extra_tokens(task), settings.fewshot_mode) for d in prep.doc_ids]
+    key = task_key(task)
+    asked: list[list[Request]] = [kind.requests(task, key, p, prep.example(p.doc_id)) for p in prompts]
+    flat = [r for rs in asked for r in rs]
+    bar, progress = _progress_bar(len(set(flat)), f"{task.name} {k}-shot")
     try:
-        if task.output_type == "loglikelihood":
-            outs = model.loglikelihood([LoglikelihoodRequest(p.context, p.target) for p in prompts], progress)
-        elif task.output_type == "generate":
-            outs = model.generate([GenerationRequest(p.context, task.until, task.max_new_tokens) for p in prompts], progress)
-        elif task.output_type == "multiple_choice":
-            outs, uncond = _request_log_likelihoods(task, prompts, model, progress)
-        else:
-            raise IclEvalError(f"{task.path}: output_type '{task.output_type}' is not supported by this version")
+        answers = call_model(model, flat, progress)
     finally:
         bar.close()
-    return prompts, outs, uncond
+    per_prompt, at = [], 0
+    for rs in asked:
+        per_prompt.append(answers[at : at + len(rs)])
+        at += len(rs)
+    distinct = dict(zip(flat, answers))  # identical requests were asked once: count them once
+    hits = sum(bool(getattr(r, "cached", False)) for r in distinct.values())
+    return prompts, per_prompt, {"hits": hits, "misses": len(distinct) - hits}
 
 
-def _sample_log(prep: PreparedTask, k: int, p: Prompt, out, uncond: list | None) -> dict[str, Any]:
+def _left_truncated(results: list[Result]) -> bool:
+    return any(getattr(r, "left_truncated", False) for r in results)
+
+
+def _sample_log(prep: PreparedTask, k: int, p: Prompt, results: list[Result]) -> dict[str, Any]:
     """What the model saw and answered for one example, in full: a reader needs nothing else. No metrics yet."""
     task = prep.task
     sample: dict[str, Any] = {
         "task": task.name, "shots": k, "doc_id": p.doc_id, "fewshot_ids": list(p.fewshot_ids),
         "prompt_hash": prompt_hash(p.context, p.target), "context": p.context, "target": p.target,
     }
-    if task.output_type == "loglikelihood":
-        sample.update(loglikelihood=out.loglikelihood, n_tokens=out.n_tokens, is_greedy=out.is_greedy)
-        finite = out.finite
-    elif task.output_type == "multiple_choice":
-        unc = uncond if uncond is not None else [None] * len(out)
-        shared = len({c for c, _ in p.requests}) == 1  # full scoring: one context for every candidate, logged once
-        sample["candidates"] = [_candidate_log(None if shared else c, t, o, u) for (c, t), o, u in zip(p.requests, out, unc)]
-        sample["gold"] = prep.example(p.doc_id).gold
-        finite = all(o.finite for o in out) and all(u is None or u.finite for u in unc)
-    else:
-        sample.update(
-            until=list(task.until), max_new_tokens=task.max_new_tokens,
-            generation_raw=out.raw, generation=out.text.strip(), references=list(prep.example(p.doc_id).references),
-        )
-        finite = True
-    if any(getattr(o, "left_truncated", False) for o in _candidates(out)):
+    fields, finite = prep.kind.log(task, p, prep.example(p.doc_id), results)
+    sample.update(fields)
+    if _left_truncated(results):
         sample["left_truncated"] = True  # the model saw the context above minus tokens cut from its front
     if not finite:
         # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
@@ -261,65 +205,50 @@ def _sample_log(prep: PreparedTask, k: int, p: Prompt, out, uncond: list | None)
     return sample
 
 
-def _score_samples(prep: PreparedTask, outs: list, uncond: list | None, samples: list[dict[str, Any]]) -> dict[str, list]:
-    """Each finite example's metric items, added to its sample log; the items per metric, for aggregation."""
-    task = prep.task
-    items: dict[str, list] = {m: [] for m in task.metrics}
-    if task.output_type == "generate":
-        predictions = [s["generation"] for s in samples]
-        references = [s["references"] for s in samples]
-        per_metric = {m: metrics.generation_items(m, predictions, references, task.normalizer) for m in task.metrics}
-    for i, (sample, out) in enumerate(zip(samples, outs)):
-        if sample.get("nonfinite"):
-            continue
-        if task.output_type == "loglikelihood":
-            per = {m: metrics.loglikelihood_item(m, out) for m in task.metrics}
-        elif task.output_type == "multiple_choice":
-            query = prep.example(sample["doc_id"])
-            preds = metrics.choice_predictions(out, query.choices, uncond[i] if uncond is not None else None)
-            sample["predictions"] = {m: preds[m] for m in task.metrics}
-            per = {m: float(preds[m] == query.gold) for m in task.metrics}
-        else:
-            per = {m: per_metric[m][i] for m in task.metrics}
-        sample["metrics"] = {metrics.item_field(m): v for m, v in per.items()}  # a perplexity item is a log-likelihood
-        for m, v in per.items():
-            items[m].append(v)
-    return items
-
-
 def score_task(
     prep: PreparedTask, k: int, model: Model, settings: Settings, write_samples: Callable[[list[dict[str, Any]]], object] | None = None,
-) -> tuple[list[Record], list[dict[str, Any]], dict[str, int]]:
-    """Records, per-example sample logs and truncation counts for one task at K shots.
+) -> TaskRun:
+    """One task at K shots: ask, log, let the kind score, aggregate.
 
     write_samples gets the logs once they are scored and before the aggregation, which can fail on its own;
     if scoring an example fails, it gets them as they are (what the model answered, metrics missing)."""
     task = prep.task
-    prompts, outs, uncond = _ask(prep, k, model, settings)
-    samples = [_sample_log(prep, k, p, out, uncond[i] if uncond is not None else None) for i, (p, out) in enumerate(zip(prompts, outs))]
+    prompts, results, cache = _ask(prep, k, model, settings)
+    samples = [_sample_log(prep, k, p, r) for p, r in zip(prompts, results)]
+    items: dict[str, list] = {m: [] for m in task.metrics}
     try:
-        items = _score_samples(prep, outs, uncond, samples)
+        queries = [prep.example(p.doc_id) for p in prompts]
+        for sample, per in zip(samples, prep.kind.score(task, queries, results, samples)):
+            if per is None:
+                continue
+            sample["metrics"] = {metrics.item_field(m): v for m, v in per.items()}  # a perplexity item is a log-likelihood
+            for m, v in per.items():
+                items[m].append(v)
     finally:
         if write_samples is not None:
             write_samples(samples)
     nonfinite = sum(bool(s.get("nonfinite")) for s in samples)
-    n = len(prompts) - nonfinite
-    records = [Record(task.name, k, m, *metrics.aggregate(m, items[m]), n) for m in task.metrics]
-    counts = {
+    records = [Record(task.name, k, m, *metrics.aggregate(m, items[m]), len(prompts) - nonfinite) for m in task.metrics]
+    truncation = {
         "demos_dropped": sum(p.demos_dropped > 0 for p in prompts),
-        "left_truncated": sum(any(getattr(o, "left_truncated", False) for o in _candidates(x)) for x in outs),
+        "left_truncated": sum(_left_truncated(r) for r in results),
         "nonfinite": nonfinite,
     }
-    return records, samples, counts
+    return TaskRun(records, samples, truncation, cache)
 
 
-def _candidates(out) -> list:
-    """A multiple-choice example's results, or a single result as a one-item list."""
-    return list(out) if isinstance(out, (list, tuple)) else [out]
+SamplesCallback = Callable[[str, int, list[dict[str, Any]]], object]  # (task name, shots, sample logs)
 
 
-def evaluate(model: Model, prepared: list[PreparedTask], settings: Settings, writer: RunWriter, result: RunResult, echo: Callable[[str], None] = print) -> RunResult:
-    """Every task at every shot count with one loaded model, on data prepared once per task (prepare_all)."""
+def evaluate(
+    model: Model, prepared: list[PreparedTask], settings: Settings, on_samples: SamplesCallback | None = None,
+    echo: Callable[[str], None] = lambda _: None, run_id: str | None = None,
+) -> RunResult:
+    """Every task at every shot count with one loaded model, on data prepared once per task (prepare_all).
+
+    Returns the complete result, model and settings blocks included, and writes nothing: `on_samples` gets
+    each task/shot's sample logs as soon as they are scored (the CLI writes them, so a crash keeps them)."""
+    result = RunResult(run_id=run_id or new_run_id(), started_at=now(), model=model.describe(), settings=_settings_block(model, prepared, settings))
     for prep in prepared:
         task = prep.task
         subset = f"a seeded random subset of {len(prep.doc_ids)} of {len(prep.docs)} examples (--limit, seed {settings.seed})" if settings.limit and settings.limit < len(prep.docs) else f"all {len(prep.docs)} examples"
@@ -334,17 +263,22 @@ def evaluate(model: Model, prepared: list[PreparedTask], settings: Settings, wri
     for prep in prepared:
         info = result.tasks[prep.task.name]
         for k in settings.shots:
-            begin_task = getattr(model, "begin_task", None)  # a response cache keys its entries on the task
-            stats = begin_task(f"{info['config_hash']}:{info['template_hash']}") if begin_task else None
-            write = (lambda samples, name=prep.task.name, k=k: writer.write_samples(name, k, samples)) if settings.log_samples else None
+            write = (lambda samples, name=prep.task.name, k=k: on_samples(name, k, samples)) if settings.log_samples and on_samples else None
             try:
-                records, samples, counts = score_task(prep, k, model, settings, write)
+                run = score_task(prep, k, model, settings, write)
             except IclEvalError as e:  # the backend knows requests, not tasks: say which task and shot count failed
                 raise IclEvalError(f"task '{prep.task.name}' ({prep.task.path}), {k}-shot: {e}") from None
-            result.records.extend(records)
-            result.tasks[prep.task.name]["truncation"][str(k)] = counts
-            if stats is not None:
-                info.setdefault("cache", {})[str(k)] = {"hits": stats.hits, "misses": stats.misses}
+            result.records.extend(run.records)
+            info["truncation"][str(k)] = run.truncation
+            info.setdefault("cache", {})[str(k)] = run.cache
     result.finished_at = now()
-    writer.write_results(result)
     return result
+
+
+def _settings_block(model: Model, prepared: list[PreparedTask], settings: Settings) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "tasks": [p.task.name for p in prepared], "shots": list(settings.shots), "seed": settings.seed, "limit": settings.limit,
+        "fewshot_mode": settings.fewshot_mode, "data_dir": settings.data_dir,
+    }
+    block.update(model.settings())  # the backend's and its wrappers': batch size, BOS policy, cache, processes
+    return block

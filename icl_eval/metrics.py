@@ -146,6 +146,7 @@ class Metric:
     higher_is_better: bool = True
     output_types: tuple[str, ...] = ("loglikelihood",)
     corpus: bool = False  # items are computed for all examples at once (sacrebleu statistics)
+    needs_uncond: bool = False  # scored against each candidate after the neutral context too (extra requests)
 
 
 _MC = ("multiple_choice",)
@@ -155,7 +156,7 @@ METRICS: dict[str, Metric] = {
     "perplexity": Metric(perplexity, higher_is_better=False),
     "acc_norm": Metric(mean_stderr, output_types=_MC),
     "acc_norm_token": Metric(mean_stderr, output_types=_MC),
-    "acc_uncond": Metric(mean_stderr, output_types=_MC),
+    "acc_uncond": Metric(mean_stderr, output_types=_MC, needs_uncond=True),
     "exact_match": Metric(mean_stderr, output_types=_GEN),
     "f1": Metric(mean_stderr, output_types=_GEN),
     "bleu": Metric(functools.partial(corpus_score_stderr, "bleu"), output_types=_GEN, corpus=True),

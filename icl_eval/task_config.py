@@ -15,7 +15,6 @@ import yaml
 
 from icl_eval.errors import IclEvalError
 
-OUTPUT_TYPES = ("loglikelihood", "generate", "multiple_choice")
 SCORING_MODES = ("full", "partial")
 
 # A task's name becomes part of file names (samples/<name>_<K>shot.jsonl): no separators, no leading dot.
@@ -80,6 +79,10 @@ class TaskConfig:
     gold: str | None = None
     scoring: str = "full"
     uncond_context: str = "Answer:"
+    # Rolling log-likelihood (whole documents): tokens scored per window after the first (None: the model's
+    # context, no overlap), and how words are counted for word perplexity (lm_eval, or words_and_line_ends).
+    rolling_stride: int | None = None
+    word_count: str = "lm_eval"
     template_vars: dict[str, Any] = field(default_factory=dict)  # extra variables for the template (one template, many tasks)
     # What the n-gram check reads: document fields (names or Jinja expressions, a list) or, as before,
     # input | target | both of the rendered template (template words included).
@@ -177,16 +180,9 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
 
     if kw.get("normalizer", "answer") not in NORMALIZERS:
         raise IclEvalError(f"{path}: 'normalizer' must be one of {', '.join(NORMALIZERS)}, got {kw['normalizer']!r}{_suggest(str(kw['normalizer']), tuple(NORMALIZERS))}")
-    if kw["output_type"] == "multiple_choice":
-        for key in ("choices", "gold"):
-            if not kw.get(key):
-                raise IclEvalError(f"{path}: a multiple_choice task needs '{key}' (a field name or Jinja expression, e.g. {key}: {'endings' if key == 'choices' else 'label'})")
-    else:
-        for key in ("choices", "gold"):
-            if kw.get(key):
-                raise IclEvalError(f"{path}: '{key}' only applies to output_type multiple_choice (this task is {kw['output_type']})")
-    if kw["output_type"] not in OUTPUT_TYPES:
-        raise IclEvalError(f"{path}: 'output_type' must be one of {', '.join(OUTPUT_TYPES)}, got {kw['output_type']!r}{_suggest(str(kw['output_type']), OUTPUT_TYPES)}")
+    from icl_eval.kinds import kind_of  # late: kinds build on this module's TaskConfig
+
+    kind = kind_of(_expect(kw["output_type"], str, path, "output_type"), path)
     kw["contamination_fields"] = contamination_fields
     kw["data"] = _data_source(kw["data"], f"{path} (data)")
     if kw.get("fewshot") is not None:
@@ -202,20 +198,22 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         if kw["output_type"] not in METRICS[m].output_types:
             fits = sorted(n for n, x in METRICS.items() if kw["output_type"] in x.output_types)
             raise IclEvalError(f"{path}: metric '{m}' does not apply to output_type {kw['output_type']}; use one of {', '.join(fits)}")
-    if "acc_uncond" in metrics and kw.get("scoring") == "partial":
-        raise IclEvalError(f"{path}: metric 'acc_uncond' needs scoring: full (partial scoring shares one continuation)")
     kw["metrics"] = tuple(metrics)
     until = kw.get("until", ["\n"])
     if isinstance(until, str):
         until = [until]
     _expect(until, list, path, "until")
     kw["until"] = tuple(_expect(u, str, path, "until") for u in until)
-    for key in ("max_new_tokens", "description_max_shots"):
+    for key in ("max_new_tokens", "description_max_shots", "rolling_stride"):
         if kw.get(key) is not None:
             _expect(kw[key], int, path, key)
             if kw[key] < 0:
                 raise IclEvalError(f"{path}: '{key}' must be >= 0")
-    return TaskConfig(**kw, path=path, prompts_dir=prompts_dir)
+    if "word_count" in kw:
+        _expect(kw["word_count"], str, path, "word_count")
+    task = TaskConfig(**kw, path=path, prompts_dir=prompts_dir)
+    kind.check(task)  # what the output type itself requires (multiple choice: choices and gold, ...)
+    return task
 
 
 def _decode(data: bytes, path: Path) -> str:

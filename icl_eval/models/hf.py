@@ -261,6 +261,17 @@ class HFModel:
             self._fingerprint = model_fingerprint(self.model, self.tokenizer, self.path, self.bos_policy)
         return self._fingerprint
 
+    def describe(self) -> dict:
+        """The results' model block."""
+        return {
+            "name": self.name, "path": self.path, "num_parameters": self.num_parameters, "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device), "fingerprint": self.fingerprint(), "max_length": self.max_length,
+        }
+
+    def settings(self) -> dict:
+        """The backend's part of the results' settings block."""
+        return {"batch_size": "auto" if self.max_rows is None else self.max_rows, "bos_policy": self.bos_policy, "bos": self.bos_description}
+
     # --- tokenization --------------------------------------------------------------------
     def _with_bos(self, ids: list[int]) -> list[int]:
         if self.bos_policy == "never" or (self.bos_policy == "tokenizer" and not self.adds_bos):

@@ -1,0 +1,72 @@
+"""Set-up shared by the commands that evaluate: everything that can be checked without a model is checked first
+(tasks, templates, data, few-shot pools, devices, a contamination report), then the model loads and is wrapped
+(response cache, data parallel) behind the same backend contract."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from icl_eval.errors import IclEvalError
+from icl_eval.evaluator import PreparedTask, Settings, prepare_all
+from icl_eval.requests import Model
+
+
+@dataclass
+class Inputs:
+    """A run's checked inputs: what a bad value would otherwise fail on after a long model load."""
+
+    prepared: list[PreparedTask]
+    settings: Settings
+    contamination: dict[str, Any] | None
+
+
+def check_inputs(
+    tasks: str, include_paths: list[str], settings: Settings, device: str, contamination: str | None = None,
+) -> Inputs:
+    from icl_eval.devices import validate_device
+    from icl_eval.prompts import load_template
+    from icl_eval.registry import load_tasks
+
+    validate_device(device)
+    loaded = load_tasks(tasks, include_paths)
+    for task in loaded:
+        load_template(task)
+    report = load_contamination(contamination)
+    data_dir = settings.data_dir or os.environ.get("ICL_EVAL_DATA_DIR")
+    settings = Settings(**{**settings.__dict__, "data_dir": data_dir})
+    return Inputs(prepare_all(loaded, settings), settings, report)
+
+
+def load_contamination(path: str | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    from icl_eval.contamination.rescore import load_report
+
+    return load_report(path)
+
+
+def wrap(model: Model, cache_path: str | None, rank: int = 0, processes: int = 1) -> tuple[Model, Any]:
+    """The backend behind its wrappers: the response cache (None: off), then data parallel across processes.
+
+    Data parallel sits outside the cache: each process looks up and stores only its own shard, so no
+    collective waits on cache state. Returns the wrapped model and the cache (to report on and close)."""
+    from icl_eval.cache import CachedModel, ResponseCache, code_version
+
+    cache = None
+    if cache_path is not None:
+        cache = ResponseCache(cache_path)
+        model = CachedModel(model, cache, model.describe()["fingerprint"], model.settings()["bos_policy"], code_version(model))
+    if processes > 1:
+        from icl_eval import distributed
+
+        model = distributed.DataParallel(model, rank, processes)
+    return model, cache
+
+
+def refuse_conflicting(no_cache: bool, cache: str | None, output: str) -> None:
+    if no_cache and cache:
+        raise IclEvalError(f"--cache {cache} and --no-cache contradict each other; give one of them")
+    if output == "":
+        raise IclEvalError("--output '': give a folder, e.g. --output results (an empty one would write into the current folder)")
