@@ -21,11 +21,12 @@ def read_race(path: Path, level: str) -> list[dict]:
     docs = []
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = sorted((m for m in tar.getmembers() if m.isfile() and f"/{level}/" in f"/{m.name}"), key=lambda m: m.name)
-            for m in members:
-                where = f"{path}:{m.name}"
+            # Read in archive order (a gzip stream cannot seek back cheaply), then sort by name for a stable doc order.
+            files = sorted((m.name, tar.extractfile(m).read()) for m in tar if m.isfile() and f"/{level}/" in f"/{m.name}")
+            for name, raw in files:
+                where = f"{path}:{name}"
                 try:
-                    passage = json.loads(tar.extractfile(m).read())
+                    passage = json.loads(raw)
                     questions, options, answers = passage["questions"], passage["options"], passage["answers"]
                     article = passage["article"]
                 except json.JSONDecodeError as e:
@@ -37,7 +38,7 @@ def read_race(path: Path, level: str) -> list[dict]:
                 for i, (q, opts, ans) in enumerate(zip(questions, options, answers)):
                     if ans not in LETTERS[: len(opts)]:
                         raise IclEvalError(f"{where}: question {i}: answer {ans!r} is not one of the {len(opts)} option letters")
-                    docs.append({"id": f"{passage.get('id', m.name)}#{i}", "article": article, "question": q,
+                    docs.append({"id": f"{passage.get('id', name)}#{i}", "article": article, "question": q,
                                  "options": list(opts), "answer": ans, "gold": LETTERS.index(ans)})
     except tarfile.TarError as e:
         raise IclEvalError(f"{path}: not a readable tar archive ({e}); re-download it") from None
