@@ -41,7 +41,8 @@ def read_race(path: Path, level: str) -> list[dict]:
                     docs.append({"id": f"{passage.get('id', name)}#{i}", "article": article, "question": q,
                                  "options": list(opts), "answer": ans, "gold": LETTERS.index(ans)})
     except tarfile.TarError as e:
-        raise IclEvalError(f"{path}: not a readable tar archive ({e}); re-download it") from None
+        first = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+        raise IclEvalError(f"{path}: not a readable tar archive ({first}); re-download it") from None
     if not docs:
         raise IclEvalError(f"{path}: no RACE passages under a '{level}/' folder in the archive; use RACE's own archive layout")
     return docs
