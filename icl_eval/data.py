@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO
 
 from icl_eval.errors import IclEvalError
+from icl_eval.formats import FORMATS
 from icl_eval.hub import hub_reachable
 from icl_eval.task_config import DataSource, TaskConfig
 
@@ -176,6 +177,7 @@ def _json_reader(reader: Callable[[Path], Iterator[Doc]]) -> Callable[[Path, Dat
 READERS: dict[str, Callable[[Path, DataSource], Iterator[Doc]]] = {
     "jsonl": _json_reader(read_jsonl), "json": _json_reader(read_json), "parquet": read_parquet,
     "tsv": read_tsv, "csv": read_csv, "records": read_records, "parallel": read_parallel,
+    **{name: _json_reader(fn) for name, fn in FORMATS.items()},  # release-specific layouts (icl_eval/formats.py)
 }
 
 

@@ -132,7 +132,9 @@ def write_inline_data(root: Path) -> Path:
     _jsonl(root / "arc/arc_challenge_test.llmfoundry.jsonl", ARC[::-1])
     _jsonl(root / "winogrande/winogrande_dev.llmfoundry.jsonl", WINOGRANDE)
     (root / "storycloze").mkdir(parents=True, exist_ok=True)
-    (root / "storycloze/cloze_test_test__spring2016.csv").write_text(STORYCLOZE_HEADER + "\n" + "\n".join(STORYCLOZE) + "\n", encoding="utf-8")
+    # The release's own file names; the validation file is the demonstration pool (here the same stories, reversed).
+    (root / "storycloze/cloze_test_test__spring2016 - cloze_test_ALL_test.csv").write_text(STORYCLOZE_HEADER + "\n" + "\n".join(STORYCLOZE) + "\n", encoding="utf-8")
+    (root / "storycloze/cloze_test_val__spring2016 - cloze_test_ALL_val.csv").write_text(STORYCLOZE_HEADER + "\n" + "\n".join(STORYCLOZE[::-1]) + "\n", encoding="utf-8")
     return root
 
 

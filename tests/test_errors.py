@@ -215,6 +215,43 @@ MODEL_AND_CACHE_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[
 CASES += MODEL_AND_CACHE_CASES
 
 
+# --- suite: the release-specific readers (icl_eval/formats.py) -------------------------------------------------
+def _race_archive(d: Path, passage: bytes | None) -> list[str]:
+    import io
+    import tarfile
+
+    path = d / "race" / "RACE_test.tar.gz"
+    path.parent.mkdir()
+    if passage is None:
+        path.write_bytes(b"not a tar archive at all")
+    else:
+        with tarfile.open(path, "w:gz") as tar:
+            info = tarfile.TarInfo("RACE/test/high/1.txt")
+            info.size = len(passage)
+            tar.addfile(info, io.BytesIO(passage))
+    return ["prompt", "race_h", "--data-dir", str(d)]
+
+
+def _obqa_tsv(d: Path, body: str) -> list[str]:
+    (d / "openbookqa" / "Main").mkdir(parents=True)
+    (d / "openbookqa" / "Main" / "test.tsv").write_text(body)
+    return ["prompt", "openbookqa", "--data-dir", str(d)]
+
+
+OBQA_HEADER = "ID\tQuestion Stem\tChoices\tComplete Question\tAnswer Key\n"
+CASES += [
+    ("race-not-a-tar", lambda d, c: _race_archive(d, None), ("RACE_test.tar.gz", "not a readable tar archive", "re-download it")),
+    ("race-passage-missing-key", lambda d, c: _race_archive(d, b'{"article": "A.", "questions": ["Q?"], "answers": ["A"]}'),
+     ("RACE/test/high/1.txt", "needs article, questions, options and answers", "'options'")),
+    ("race-answer-not-an-option", lambda d, c: _race_archive(d, b'{"article": "A.", "questions": ["Q?"], "options": [["x", "y"]], "answers": ["D"]}'),
+     ("RACE/test/high/1.txt", "question 0", "answer 'D'", "2 option letters")),
+    ("race-no-passages-of-the-level", lambda d, c: _race_archive(d, b"{}") and ["prompt", "race_m", "--data-dir", str(d)],
+     ("RACE_test.tar.gz", "no RACE passages under a 'middle/' folder",)),
+    ("openbookqa-no-header", lambda d, c: _obqa_tsv(d, "1\tq\t(A) x (B) y\tq\tA\n"), ("test.tsv", "expected OpenBookQA's header row")),
+    ("openbookqa-bad-choices", lambda d, c: _obqa_tsv(d, OBQA_HEADER + "1\tq\tx or y\tq\tA\n"), ("test.tsv:2", "'(A) .. (B) ..' layout")),
+    ("openbookqa-key-not-a-choice", lambda d, c: _obqa_tsv(d, OBQA_HEADER + "1\tq\t(A) x (B) y\tq\tE\n"), ("test.tsv:2", "answer key 'E'")),
+]
+
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder

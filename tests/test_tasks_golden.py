@@ -76,8 +76,8 @@ GOLDEN = {
     ('winogrande', 1): ([1], ['The cup fit in the box because the cup was small.\n\nSarah was a better surgeon than Maria so Sarah', 'The cup fit in the box because the cup was small.\n\nSarah was a better surgeon than Maria so Maria'], ' always got the easier cases.'),
     ('winogrande', 3): ([1, 2, 3], ['The cup fit in the box because the cup was small.\n\nTom lent Bob money because Bob was broke.\n\nThe trophy did not fit the case as the trophy was too big.\n\nSarah was a better surgeon than Maria so Sarah', 'The cup fit in the box because the cup was small.\n\nTom lent Bob money because Bob was broke.\n\nThe trophy did not fit the case as the trophy was too big.\n\nSarah was a better surgeon than Maria so Maria'], ' always got the easier cases.'),
     ('storycloze', 0): ([], 'Ann woke up. She was hungry. She made eggs. She ate them, slowly.', [' She felt full.', ' She felt hungry.']),
-    ('storycloze', 1): ([1], 'Bo went out. It rained. He got wet. He went home. He changed clothes.\n\nAnn woke up. She was hungry. She made eggs. She ate them, slowly.', [' She felt full.', ' She felt hungry.']),
-    ('storycloze', 3): ([1, 2, 3], 'Bo went out. It rained. He got wet. He went home. He changed clothes.\n\nCy bought a dog. The dog barked. Cy fed it. It calmed down. Cy was happy.\n\nDi ran a race. She trained hard. The day came. She ran fast. She won the race.\n\nAnn woke up. She was hungry. She made eggs. She ate them, slowly.', [' She felt full.', ' She felt hungry.']),
+    ('storycloze', 1): ([0], 'Di ran a race. She trained hard. The day came. She ran fast. She won the race.\n\nAnn woke up. She was hungry. She made eggs. She ate them, slowly.', [' She felt full.', ' She felt hungry.']),
+    ('storycloze', 3): ([0, 1, 2], 'Di ran a race. She trained hard. The day came. She ran fast. She won the race.\n\nCy bought a dog. The dog barked. Cy fed it. It calmed down. Cy was happy.\n\nBo went out. It rained. He got wet. He went home. He changed clothes.\n\nAnn woke up. She was hungry. She made eggs. She ate them, slowly.', [' She felt full.', ' She felt hungry.']),
 }
 
 
