@@ -47,7 +47,7 @@ def task_requests(hf: HFModel, name: str, limit: int, shots: int, mode: str, see
     prep = prepare(task, settings)
     prompts = [build_prompt(prep, d, shots, seed, hf, 0, mode) for d in prep.doc_ids]
     gold = [prep.example(p.doc_id).gold for p in prompts] if task.output_type == "multiple_choice" else None
-    return [pair for p in prompts for pair in p.requests], gold
+    return [pair for p in prompts for pair in p.pairs], gold
 
 
 def newline_biased(model: torch.nn.Module, tok, contexts: list[str], max_new: int, target_mean: float = 16.0) -> torch.nn.Module:

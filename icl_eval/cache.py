@@ -260,6 +260,9 @@ class CachedModel:
     def __getattr__(self, name: str) -> Any:  # max_length, count_tokens, name, ...: the backend's own
         return getattr(self.model, name)
 
+    def settings(self) -> dict:
+        return {**self.model.settings(), "cache": str(self.cache.path)}
+
     def begin_task(self, task_hash: str) -> CacheStats:
         """Called by the evaluator before a task's requests; returns fresh counters for that task and shot count."""
         self.task_hash = task_hash

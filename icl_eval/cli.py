@@ -219,8 +219,8 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             src += (" | " if src else "") + f"hub {t.data.hub}" + (f"/{t.data.hub_name}" if t.data.hub_name else "")
         if t.data.generator:
             src += (" | " if src else "") + f"generated ({t.data.generator})"
-        rows.append((name, t.output_type, ",".join(t.metrics), src))
-    header = ("task", "output", "metrics", "data (local path under --data-dir | hub | fallback)")
+        rows.append((name, t.output_type, ",".join(t.metrics), t.origin, src))
+    header = ("task", "output", "metrics", "from", "data (local path under --data-dir | hub | fallback)")
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

@@ -72,6 +72,9 @@ class DataParallel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
 
+    def settings(self) -> dict:
+        return {**self.model.settings(), "processes": self.size}
+
     def loglikelihood(self, requests, progress=None, on_result=None):
         keys = [r.context for r in requests]
         return self._split("loglikelihood", requests, keys, [len(r.context) + len(r.continuation) for r in requests], progress, on_result)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,12 +28,19 @@ def _task_files(folder: Path) -> list[Path]:
 def discover(include_paths: Sequence[str] = ()) -> dict[str, TaskConfig]:
     """Every task by name. A user folder's task may shadow a built-in of the same name (on purpose: a fixed or
     changed copy of a shipped task); two task files of one name anywhere else are refused, naming both."""
+    from icl_eval import plugins
+
     folders = [builtin_dir("tasks")]
+    origins = {folders[0].resolve(): "built-in"}
+    for dist, folder in plugins.task_folders():  # installed plugins' folders, read like --include-path ones
+        folders.append(folder)
+        origins.setdefault(folder.resolve(), f"plugin {dist}")
     for inc in include_paths:
         p = Path(inc)
         if not p.is_dir():
             raise IclEvalError(f"--include-path {inc}: not a folder; give a folder holding task YAML files")
         folders.append(p)
+        origins.setdefault(p.resolve(), f"--include-path {inc}")
     tasks: dict[str, TaskConfig] = {}
     builtin_names: set[str] = set()
     seen: set[Path] = set()
@@ -43,7 +51,7 @@ def discover(include_paths: Sequence[str] = ()) -> dict[str, TaskConfig]:
                 continue  # the same file through two folders (one inside the other, or a link)
             seen.add(path.resolve())
             prompts = builtin_dir("prompts") if builtin else None
-            cfg = load_task_file(path, prompts)
+            cfg = dataclasses.replace(load_task_file(path, prompts), origin=origins[folder])
             other = tasks.get(cfg.name)
             if other is not None and not (cfg.name in builtin_names and not builtin):
                 raise IclEvalError(f"task name '{cfg.name}' is defined twice: in {other.path} and in {path}; rename one (a task name must be unique)")

@@ -88,18 +88,20 @@ class TaskConfig:
     # input | target | both of the rendered template (template words included).
     contamination_fields: str | tuple[str, ...] = "both"
     prompts_dir: str = ""  # where `template` is looked up first
+    origin: str = ""  # where the task was found: built-in, plugin DIST, --include-path DIR (shown by `icl-eval tasks`)
 
     def config_hash(self) -> str:
         """A hash of everything that changes the requests the task makes (not where it was loaded from)."""
         d = dataclasses.asdict(self)
         d.pop("path")
         d.pop("prompts_dir")
+        d.pop("origin")
         d.pop("contamination_fields")  # read only by `icl-eval contamination`, not by any request
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 _DATA_KEYS = {f.name for f in dataclasses.fields(DataSource)}
-_TASK_KEYS = {f.name for f in dataclasses.fields(TaskConfig)} - {"path", "prompts_dir"}
+_TASK_KEYS = {f.name for f in dataclasses.fields(TaskConfig)} - {"path", "prompts_dir", "origin"}
 _REQUIRED = ("name", "output_type", "template", "data", "metrics")
 
 

@@ -95,10 +95,10 @@ def test_golden_prompt(task, shots, inline_root):
     ids, contexts, continuations = GOLDEN[(task, shots)]
     prep = prepare(load_task(task), Settings(data_dir=str(inline_root)))
     p = build_prompt(prep, 0, shots, 1234, _Unbounded())
-    n = len(p.requests)
+    n = len(p.pairs)
     assert list(p.fewshot_ids) == ids
-    assert [c for c, _ in p.requests] == _expand(contexts, n)
-    assert [t for _, t in p.requests] == _expand(continuations, n)
+    assert [c for c, _ in p.pairs] == _expand(contexts, n)
+    assert [t for _, t in p.pairs] == _expand(continuations, n)
 
 
 def test_every_task_has_golden_prompts_and_is_listed(capsys):
