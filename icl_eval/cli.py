@@ -227,22 +227,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Unbounded:
-    """A stand-in model for printing prompts: no context limit, so nothing is dropped."""
-
-    max_length = 10**9
-
-    def count_tokens(self, text: str) -> int:
-        return 0
-
-
 def _show_prompt(task, args: argparse.Namespace) -> None:
-    from icl_eval.evaluator import Settings, build_prompt, prepare
+    from icl_eval.evaluator import NoContextLimit, Settings, build_prompt, prepare
 
     prep = prepare(task, Settings(shots=(args.shots,), seed=args.seed, data_dir=args.data_dir))
     if not 0 <= args.index < len(prep.docs):
         raise IclEvalError(f"--index {args.index}: task '{task.name}' has doc ids 0..{len(prep.docs) - 1}")
-    p = build_prompt(prep, args.index, args.shots, args.seed, _Unbounded(), fewshot_mode=getattr(args, "fewshot_mode", "per_example"))
+    p = build_prompt(prep, args.index, args.shots, args.seed, NoContextLimit(), fewshot_mode=getattr(args, "fewshot_mode", "per_example"))
     print(f"=== {task.name}, {args.shots}-shot, doc {args.index}, demonstrations {list(p.fewshot_ids)}, data {prep.source} ===", file=sys.stderr)
     print("--- prompt (verbatim, between the markers) ---")
     sys.stdout.write(p.context)

@@ -87,6 +87,15 @@ def prepare_all(tasks: list[TaskConfig], settings: Settings) -> list[PreparedTas
     return prepared
 
 
+class NoContextLimit:
+    """A stand-in model for building prompts without one (`icl-eval prompt`, tests): nothing is ever dropped."""
+
+    max_length = 10**9
+
+    def count_tokens(self, text: str) -> int:
+        return 0
+
+
 def _fits(model: Model, context: str, continuation: str, extra: int) -> bool:
     """Whether context + continuation (+ extra generated tokens) fit; a byte count bounds the token count cheaply."""
     budget = model.max_length + 1 - extra  # the last token is only a target, never an input

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from icl_eval import rolling
 from icl_eval.requests import LoglikelihoodResult
 
 
@@ -162,6 +163,7 @@ METRICS: dict[str, Metric] = {
     "bleu": Metric(functools.partial(corpus_score_stderr, "bleu"), output_types=_GEN, corpus=True),
     "chrf": Metric(functools.partial(corpus_score_stderr, "chrf"), output_types=_GEN, corpus=True),
 }
+METRICS.update({name: Metric(fn, higher_is_better=False, output_types=("loglikelihood_rolling",)) for name, fn in rolling.AGGREGATES.items()})
 
 
 def aggregate(metric: str, items: list) -> tuple[float, float | None]:

@@ -10,26 +10,8 @@ import pytest
 from icl_eval.evaluator import Settings, prepare, score_task
 from icl_eval.registry import load_task
 from icl_eval.requests import LoglikelihoodResult
+from fakes import table_model
 from tasks_inline_data import write_inline_data
-
-
-class TableModel:
-    """Log-likelihoods looked up by (the end of the context, continuation); one token per word."""
-
-    max_length = 10**6
-
-    def __init__(self, table: dict[tuple[str, str], float], default: float = -50.0):
-        self.table, self.default = table, default
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def loglikelihood(self, requests, progress=None, on_result=None):
-        out = []
-        for r in requests:
-            ll = next((v for (ctx_end, cont), v in self.table.items() if r.context.endswith(ctx_end) and r.continuation == cont), self.default)
-            out.append(LoglikelihoodResult(ll, max(1, len(r.continuation.split())), len(r.continuation), False))
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +29,7 @@ def _samples(task, model, root):
 def test_piqa_acc_norm_uses_the_solution_text_not_the_continuation(inline_root):
     # "Put it in rice." has 15 characters, " Put it in rice." 16; "Put it in water." 16 and 17.
     # lm-eval: -15/15 < -15.97/16, so solution 2; the old per-continuation rule: -15/16 > -15.97/17, solution 1.
-    model = TableModel({("How do I dry a wet phone?", " Put it in rice."): -15.0, ("How do I dry a wet phone?", " Put it in water."): -15.97})
+    model = table_model({("How do I dry a wet phone?", " Put it in rice."): -15.0, ("How do I dry a wet phone?", " Put it in water."): -15.97})
     task = dataclasses.replace(load_task("piqa"), metrics=("acc", "acc_norm", "acc_norm_token"))
     s = _samples(task, model, inline_root)[0]
     assert s["predictions"] == {"acc": 0, "acc_norm": 1, "acc_norm_token": 0}
@@ -60,7 +42,7 @@ def test_partial_scoring_acc_norm_divides_by_each_option_context_as_lm_eval(inli
     # lm-eval's Winogrande choices are `sentence[:blank] + option`: 45 and 43 characters here. The shared
     # continuation's log-likelihood -4.4 / 45 beats -4.3 / 43, so acc_norm picks option 1 while acc picks 2;
     # acc_norm_token divides the same continuation's tokens for both options, so it agrees with acc.
-    model = TableModel({("as the trophy", " was too big."): -4.4, ("as the case", " was too big."): -4.3})
+    model = table_model({("as the trophy", " was too big."): -4.4, ("as the case", " was too big."): -4.3})
     task = dataclasses.replace(load_task("winogrande"), metrics=("acc", "acc_norm", "acc_norm_token"))
     s = _samples(task, model, inline_root)[3]
     assert [len(c["context"]) for c in s["candidates"]] == [45, 43]  # 0-shot: each option's own context

@@ -356,14 +356,10 @@ def test_evaluator_logs_the_perplexity_item_as_a_loglikelihood_and_compare_reads
     from icl_eval.registry import load_task
     from icl_eval.requests import LoglikelihoodResult
 
-    class Scripted:
-        max_length = 10**6
+    from fakes import ScriptedModel
 
-        def count_tokens(self, text: str) -> int:
-            return len(text.split())
-
-        def loglikelihood(self, requests, progress=None, on_result=None):
-            return [LoglikelihoodResult(-float(len(r.context) % 7 + 1), 1, len(r.continuation), False) for r in requests]
+    def Scripted() -> ScriptedModel:
+        return ScriptedModel(score=lambda c, t: -float(len(c) % 7 + 1))
 
     (tmp_path / "tiny.yaml").write_text("name: tiny\noutput_type: loglikelihood\ntemplate: tiny.jinja\nmetrics: [acc, perplexity]\ndata:\n  local: tiny.jsonl\n")
     (tmp_path / "tiny.jinja").write_text("{% block input %}{{ text }}{% endblock %}{% block target %} {{ answer }}{% endblock %}")

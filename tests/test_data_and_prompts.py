@@ -91,9 +91,9 @@ def test_few_shot_prompt_joins_demonstrations():
     task = load_task("arithmetic_2da")
     prep = prepare(task, Settings())
     from icl_eval.evaluator import build_prompt
-    from icl_eval.cli import _Unbounded
+    from icl_eval.evaluator import NoContextLimit
 
-    p = build_prompt(prep, 0, 2, 1234, _Unbounded())
+    p = build_prompt(prep, 0, 2, 1234, NoContextLimit())
     demos = [prep.docs[i] for i in p.fewshot_ids]
     expected = "".join(d["context"] + d["completion"] for d in demos) + prep.docs[0]["context"]
     assert p.context == expected and p.target == prep.docs[0]["completion"]

@@ -20,6 +20,7 @@ from icl_eval.provenance import git_state
 from icl_eval.registry import load_task
 from icl_eval.requests import GenerationResult, LoglikelihoodResult
 from icl_eval.results import RunWriter, atomic_write
+from fakes import ScriptedModel
 from tasks_inline_data import write_inline_data
 
 TASK = """name: t
@@ -162,19 +163,9 @@ def test_prepared_data_is_not_loaded_again_by_the_evaluation(tiny_checkpoint, tm
 # --- what the sample logs hold ---------------------------------------------------------------------------------
 
 
-class Scripted:
+def Scripted() -> ScriptedModel:
     """Log-likelihood = -len(continuation); a generation with padding and a stop sequence around the answer."""
-
-    max_length = 10**6
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def loglikelihood(self, requests, progress=None, on_result=None):
-        return [LoglikelihoodResult(-float(len(r.continuation)), 1, len(r.continuation), False) for r in requests]
-
-    def generate(self, requests, progress=None, on_result=None):
-        return [GenerationResult(" Paris \nQ: next", " Paris ", 3) for _ in requests]
+    return ScriptedModel(reply=lambda c: " Paris ", raw=lambda c: " Paris \nQ: next")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import json
 
 import pytest
 
-from icl_eval.cli import _Unbounded, main
+from icl_eval.cli import main
+from icl_eval.evaluator import NoContextLimit
 from icl_eval.evaluator import Settings, build_prompt, prepare
 from icl_eval.registry import discover, load_task
 from tasks_inline_data import ALL_TASKS, write_inline_data
@@ -94,7 +95,7 @@ def _expand(value, n: int) -> list[str]:
 def test_golden_prompt(task, shots, inline_root):
     ids, contexts, continuations = GOLDEN[(task, shots)]
     prep = prepare(load_task(task), Settings(data_dir=str(inline_root)))
-    p = build_prompt(prep, 0, shots, 1234, _Unbounded())
+    p = build_prompt(prep, 0, shots, 1234, NoContextLimit())
     n = len(p.pairs)
     assert list(p.fewshot_ids) == ids
     assert [c for c, _ in p.pairs] == _expand(contexts, n)
@@ -148,9 +149,9 @@ SHARED_ZERO_SHOT = {
 @pytest.mark.parametrize("task", sorted(SHARED_ZERO_SHOT))
 def test_golden_prompt_on_shared_data(task, shared):
     prep = prepare(load_task(task), Settings(data_dir=str(shared / "data")))
-    p = build_prompt(prep, 0, 0, 1234, _Unbounded())
+    p = build_prompt(prep, 0, 0, 1234, NoContextLimit())
     assert (p.context, p.target) == SHARED_ZERO_SHOT[task]  # the gold candidate for multiple choice
-    one = build_prompt(prep, 0, 1, 1234, _Unbounded())
+    one = build_prompt(prep, 0, 1, 1234, NoContextLimit())
     demo = prep.example(one.fewshot_ids[0], from_pool=True)
     task_cfg = prep.task
     if task.startswith("unscramble"):  # the description stays at one shot, the released strings follow verbatim

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from icl_eval.cli import _Unbounded, main
+from icl_eval.cli import main
+from icl_eval.evaluator import NoContextLimit
 from icl_eval.evaluator import Settings, build_prompt, prepare
 from icl_eval.registry import load_task
 
@@ -157,7 +158,7 @@ def test_prompt_command_is_the_papers_format(task, shots, shared, capsys):
         want = [f"{'*' if i == gold else ' '} [{i}] {t!r}" for i, t in enumerate(continuations)]
     assert candidate_lines == want
     prep = prepare(load_task(task), Settings(data_dir=str(data)))
-    p = build_prompt(prep, index, shots, 1234, _Unbounded())
+    p = build_prompt(prep, index, shots, 1234, NoContextLimit())
     assert [c for c, _ in p.pairs] == contexts and [t for _, t in p.pairs] == continuations
 
 
@@ -200,7 +201,7 @@ def test_winograd_figure_is_partial_scoring(shared):
     """Figure G.13: the candidates replace the pronoun and close the context; the rest of the sentence is scored."""
     prep = prepare(load_task("wsc273"), Settings(data_dir=str(shared / "data")))
     i = next(i for i, d in enumerate(prep.docs) if d["continuation"] == "looks dowdy on her.")
-    p = build_prompt(prep, i, 0, 1234, _Unbounded())
+    p = build_prompt(prep, i, 0, 1234, NoContextLimit())
     assert p.pairs == (("Grace was happy to trade me her sweater for my jacket. She thinks the sweater", " looks dowdy on her."),
                           ("Grace was happy to trade me her sweater for my jacket. She thinks the jacket", " looks dowdy on her."))
     assert prep.example(i).gold == 0
@@ -212,7 +213,7 @@ def test_literal_zero_shot_forms(shared):
 
     def first(task: str, index: int = 0) -> tuple[str, tuple[str, ...]]:
         prep = prepare(load_task(task), Settings(data_dir=data))
-        p = build_prompt(prep, index, 0, 1234, _Unbounded())
+        p = build_prompt(prep, index, 0, 1234, NoContextLimit())
         return p.pairs[0][0], tuple(t for _, t in p.pairs)
 
     assert first("copa") == ("The man turned on the faucet therefore", (" the toilet filled with water.", " water flowed from the spout."))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from icl_eval.cli import _Unbounded
+from icl_eval.evaluator import NoContextLimit
 from icl_eval.evaluator import Settings, build_prompt, prepare
 from icl_eval.registry import load_task
 
@@ -48,7 +48,7 @@ def stub_hub(monkeypatch):
 def test_hub_rows_map_to_the_local_layout(task, stub_hub, tmp_path):
     prep = prepare(load_task(task), Settings(data_dir=str(tmp_path)))  # an empty data dir: no local file
     assert prep.source.startswith("hub:")
-    p = build_prompt(prep, 0, 0, 1234, _Unbounded())
+    p = build_prompt(prep, 0, 0, 1234, NoContextLimit())
     assert (p.context, p.target) == EXPECTED[task]
     if task == "triviaqa":
         assert prep.example(0).references == ("William Shakespeare", "Shakespeare")
@@ -88,7 +88,7 @@ def test_suite_hub_rows_map_to_the_local_layout(task, stub_hub, monkeypatch, tmp
     monkeypatch.setattr(datasets, "load_dataset", lambda path, name=None, split=None, **kw: SUITE_HUB_ROWS[(path, name)])
     prep = prepare(load_task(task), Settings(data_dir=str(tmp_path)))
     assert prep.source.startswith("hub:")
-    p = build_prompt(prep, 0, 0, 1234, _Unbounded())
+    p = build_prompt(prep, 0, 0, 1234, NoContextLimit())
     assert (p.context, p.target) == SUITE_EXPECTED[task]
-    one = build_prompt(prep, 0, 1, 1234, _Unbounded())  # the pool comes from the hub too, in the same layout
+    one = build_prompt(prep, 0, 1, 1234, NoContextLimit())  # the pool comes from the hub too, in the same layout
     assert one.context.endswith(p.context) and len(one.fewshot_ids) == 1

@@ -12,32 +12,8 @@ from icl_eval.compare.significance import paired_bootstrap
 from icl_eval.evaluator import Settings, prepare, score_task
 from icl_eval.registry import load_task
 from icl_eval.requests import GenerationResult, LoglikelihoodResult
+from fakes import ScriptedModel
 from tasks_inline_data import write_inline_data
-
-
-class ScriptedModel:
-    """Log-likelihoods from a function of (context, continuation); generations from a function of the context."""
-
-    max_length = 10**6
-
-    def __init__(self, score=lambda c, t: -float(len(t)), reply=lambda c: ""):
-        self.score, self.reply = score, reply
-        self.ll_requests, self.gen_requests = [], []
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def loglikelihood(self, requests, progress=None, on_result=None):
-        self.ll_requests.extend(requests)
-        out = []
-        for r in requests:
-            ll = self.score(r.context, r.continuation)
-            out.append(LoglikelihoodResult(ll, max(1, len(r.continuation.split())), len(r.continuation), False, finite=math.isfinite(ll)))
-        return out
-
-    def generate(self, requests, progress=None, on_result=None):
-        self.gen_requests.extend(requests)
-        return [GenerationResult(self.reply(r.context) + "\n", self.reply(r.context), 1) for r in requests]
 
 
 @pytest.fixture(scope="module")
