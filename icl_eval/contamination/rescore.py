@@ -41,6 +41,13 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _object_problem(obj: Any, where: str, keys: tuple[str, ...]) -> str | None:
+    if not isinstance(obj, dict):
+        return f"'{where}' must be an object, got {type(obj).__name__}"
+    missing = next((key for key in keys if key not in obj), None)
+    return f"'{where}' has no field '{missing}'" if missing else None
+
+
 def report_problem(report: Any) -> str | None:
     """What is wrong with a parsed report, in words naming the field, or None: every field rescoring reads."""
     if not isinstance(report, dict):
@@ -55,22 +62,18 @@ def report_problem(report: Any) -> str | None:
         return f"'tasks' must be an object of task name -> entry, got {type(tasks).__name__}"
     for name, task in tasks.items():
         where = f"tasks.{name}"
-        if not isinstance(task, dict):
-            return f"'{where}' must be an object, got {type(task).__name__}"
-        for key in ("n", "examples"):
-            if key not in task:
-                return f"'{where}' has no field '{key}'"
+        problem = _object_problem(task, where, ("n", "examples"))
+        if problem:
+            return problem
         if not _is_int(task["n"]) or task["n"] < 1:
             return f"'{where}.n' must be a positive integer, got {task['n']!r}"
         if not isinstance(task["examples"], list):
             return f"'{where}.examples' must be a list, got {type(task['examples']).__name__}"
         for i, ex in enumerate(task["examples"]):
             at = f"{where}.examples[{i}]"
-            if not isinstance(ex, dict):
-                return f"'{at}' must be an object, got {type(ex).__name__}"
-            for key in ("doc_id", "dirty"):
-                if key not in ex:
-                    return f"'{at}' has no field '{key}'"
+            problem = _object_problem(ex, at, ("doc_id", "dirty"))
+            if problem:
+                return problem
             if not (_is_int(ex["doc_id"]) or isinstance(ex["doc_id"], str)):
                 return f"'{at}.doc_id' must be an integer or string, got {ex['doc_id']!r}"
             if not isinstance(ex["dirty"], bool):
