@@ -169,6 +169,13 @@ def read_parallel(path: Path, src: DataSource) -> Iterator[Doc]:
         yield dict(zip(columns, row))
 
 
+def read_text(path: Path, src: DataSource) -> Iterator[Doc]:
+    """The whole file is one document, {"text": ...}: a corpus scored as one text (Penn Treebank's test set for
+    rolling perplexity). Line ends are kept as they are: they are part of what is scored."""
+    with open_text(path) as f:
+        yield {"text": f.read()}
+
+
 def _json_reader(reader: Callable[[Path], Iterator[Doc]]) -> Callable[[Path, DataSource], Iterator[Doc]]:
     return lambda path, src: reader(path)
 
@@ -176,7 +183,7 @@ def _json_reader(reader: Callable[[Path], Iterator[Doc]]) -> Callable[[Path, Dat
 # Format name -> reader. A new local format is one function here.
 READERS: dict[str, Callable[[Path, DataSource], Iterator[Doc]]] = {
     "jsonl": _json_reader(read_jsonl), "json": _json_reader(read_json), "parquet": read_parquet,
-    "tsv": read_tsv, "csv": read_csv, "records": read_records, "parallel": read_parallel,
+    "tsv": read_tsv, "csv": read_csv, "records": read_records, "parallel": read_parallel, "text": read_text,
     **{name: _json_reader(fn) for name, fn in FORMATS.items()},  # release-specific layouts (icl_eval/formats.py)
 }
 

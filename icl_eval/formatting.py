@@ -19,3 +19,14 @@ def value_stderr(value: float, stderr: float | None) -> str:
     if stderr is None or math.isnan(stderr):
         return number(value)
     return f"{number(value)} ± {number(stderr)}"
+
+
+MISSING = "—"  # a score or share of an empty set of examples
+
+
+def percent_text(x: float | None, signed: bool = False) -> str:
+    """A percentage (a share of examples, a relative change) to one decimal, without the % sign; MISSING when
+    there is none. One decimal, not number()'s four: a share of a few thousand examples has no more to say."""
+    if x is None or math.isnan(x):
+        return MISSING
+    return f"{x:{'+' if signed else ''}.1f}"

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from icl_eval import rolling
-from icl_eval.requests import LoglikelihoodResult
+from icl_eval.requests import LoglikelihoodResult, RollingResult
 
 
 def mean_stderr(items: Sequence[float]) -> tuple[float, float | None]:
@@ -143,27 +143,71 @@ def corpus_score_stderr(name: str, items: list) -> tuple[float, float | None]:
 
 @dataclass(frozen=True)
 class Metric:
+    """Everything the harness knows about one metric; the evaluator, the kinds and compare all read it here."""
+
     aggregate: Callable[[list], tuple[float, float | None]]
     higher_is_better: bool = True
     output_types: tuple[str, ...] = ("loglikelihood",)
     corpus: bool = False  # items are computed for all examples at once (sacrebleu statistics)
-    needs_uncond: bool = False  # scored against each candidate after the neutral context too (extra requests)
+    # The per-example item from one example's output. loglikelihood: item(LoglikelihoodResult); generate:
+    # item(prediction, references, normalize); loglikelihood_rolling: item(RollingResult) -> [ll, count].
+    # None where the item is not one example's own function: multiple choice scores the rule's pick against
+    # the gold (choice_predictions), a corpus metric extracts its statistics for all examples at once.
+    item: Callable[..., object] | None = None
+    needs_uncond: bool = False  # needs the continuations scored after a neutral context too (extra requests)
+    # A monotone function of the mean of its items (a mean, or perplexity = exp(-mean log-likelihood)): two runs
+    # then differ significantly exactly when their mean items do, so a paired test on the items' scale is right.
+    item_mean: bool = False
+    item_field: str = ""  # the key of its item in a sample log's "metrics"; "" = the metric's own name
+
+
+def _greedy(result: LoglikelihoodResult) -> float:
+    return float(result.is_greedy)  # acc of a log-likelihood task: greedy match of the whole continuation
+
+
+def _loglikelihood(result: LoglikelihoodResult) -> float:
+    return result.loglikelihood
+
+
+def _f1(prediction: str, references: Sequence[str], normalize: Callable[[str], str] = normalize_answer) -> float:
+    return token_f1(prediction, references)  # F1 always normalises as SQuAD does
+
+
+def _rolling(metric: str) -> Callable[[RollingResult], list[float]]:
+    return lambda result: list(rolling.metric_items(result)[metric])  # [log-likelihood, count], as JSON stores it
+
+
+def _mean(**kw) -> Metric:
+    return Metric(mean_stderr, item_mean=True, **kw)
 
 
 _MC = ("multiple_choice",)
 _GEN = ("generate",)
+_ROLLING = ("loglikelihood_rolling",)
 METRICS: dict[str, Metric] = {
-    "acc": Metric(mean_stderr, output_types=("loglikelihood", "multiple_choice")),
-    "perplexity": Metric(perplexity, higher_is_better=False),
-    "acc_norm": Metric(mean_stderr, output_types=_MC),
-    "acc_norm_token": Metric(mean_stderr, output_types=_MC),
-    "acc_uncond": Metric(mean_stderr, output_types=_MC, needs_uncond=True),
-    "exact_match": Metric(mean_stderr, output_types=_GEN),
-    "f1": Metric(mean_stderr, output_types=_GEN),
+    "acc": _mean(output_types=("loglikelihood", "multiple_choice"), item=_greedy),
+    # A perplexity item is a log-likelihood, so its sample-log field says so.
+    "perplexity": Metric(perplexity, higher_is_better=False, item=_loglikelihood, item_mean=True, item_field="loglikelihood"),
+    "acc_norm": _mean(output_types=_MC),
+    "acc_norm_token": _mean(output_types=_MC),
+    "acc_uncond": _mean(output_types=_MC, needs_uncond=True),
+    "exact_match": _mean(output_types=_GEN, item=exact_match),
+    "f1": _mean(output_types=_GEN, item=_f1),
     "bleu": Metric(functools.partial(corpus_score_stderr, "bleu"), output_types=_GEN, corpus=True),
     "chrf": Metric(functools.partial(corpus_score_stderr, "chrf"), output_types=_GEN, corpus=True),
+    # Whole-document perplexities (rolling.py): ratios of sums over documents, so not means of their items.
+    **{
+        name: Metric(fn, higher_is_better=False, output_types=_ROLLING, item=_rolling(name))
+        for name, fn in rolling.AGGREGATES.items()
+    },
 }
-METRICS.update({name: Metric(fn, higher_is_better=False, output_types=("loglikelihood_rolling",)) for name, fn in rolling.AGGREGATES.items()})
+
+
+def lower_is_better(metric: str) -> bool:
+    """The harness's own fact for its metrics; a metric it does not know (a run from another version) is taken
+    at its name: perplexities are lower-is-better, anything else higher."""
+    known = METRICS.get(metric)
+    return not known.higher_is_better if known is not None else metric.endswith("perplexity")
 
 
 def aggregate(metric: str, items: list) -> tuple[float, float | None]:
@@ -180,19 +224,17 @@ def value(metric: str, items: list) -> float:
 
 def loglikelihood_item(metric: str, result: LoglikelihoodResult) -> float:
     """The per-example item of a log-likelihood task: acc is greedy match of the whole continuation."""
-    if metric == "acc":
-        return float(result.is_greedy)
-    if metric == "perplexity":
-        return result.loglikelihood
-    raise ValueError(f"metric '{metric}' does not apply to log-likelihood tasks")
+    known = METRICS.get(metric)
+    if known is None or "loglikelihood" not in known.output_types or known.item is None:
+        raise ValueError(f"metric '{metric}' does not apply to log-likelihood tasks")
+    return known.item(result)
 
 
 def generation_item(metric: str, prediction: str, references: Sequence[str], normalizer: str = "answer"):
-    if metric == "exact_match":
-        return exact_match(prediction, references, NORMALIZERS[normalizer])
-    if metric == "f1":
-        return token_f1(prediction, references)
-    raise ValueError(f"metric '{metric}' does not apply to generation tasks")
+    known = METRICS.get(metric)
+    if known is None or "generate" not in known.output_types or known.item is None:
+        raise ValueError(f"metric '{metric}' does not apply to generation tasks")
+    return known.item(prediction, references, NORMALIZERS[normalizer])
 
 
 def generation_items(metric: str, predictions: Sequence[str], references: Sequence[Sequence[str]], normalizer: str = "answer") -> list:
@@ -233,9 +275,8 @@ def choice_predictions(
 
 # How each metric's per-example item is named in the sample logs (sample["metrics"]), and how two runs' items
 # are compared. The writer (evaluator) and every reader (compare, contamination rescoring) go through these.
-# A perplexity item is a log-likelihood, so its field says so; other items are named after their metric.
-# Sample logs written before this mapping stored every item under the metric's own name.
-ITEM_FIELDS: dict[str, str] = {"perplexity": "loglikelihood"}
+# Sample logs written before the renaming stored every item under the metric's own name.
+ITEM_FIELDS: dict[str, str] = {name: m.item_field for name, m in METRICS.items() if m.item_field}
 
 
 def item_field(metric: str) -> str:
@@ -252,8 +293,6 @@ _FIELD_METRICS = {f: m for m, f in ITEM_FIELDS.items()}
 
 
 def tested_on_item_mean(metric: str) -> bool:
-    """True when the metric is a monotone function of the mean of its items (a mean, or perplexity = exp(-mean
-    log-likelihood)): two runs then differ significantly exactly when their mean items do, so a paired test on the
-    items' scale is the right one (testing perplexity itself, exponentiated, is swamped by its skew)."""
+    """True when the metric is a monotone function of the mean of its items (Metric.item_mean)."""
     known = METRICS.get(metric)
-    return known is not None and known.aggregate in (mean_stderr, perplexity)
+    return known is not None and known.item_mean

@@ -104,7 +104,8 @@ def test_choice_predictions_need_one_choice_per_result():
 
 def test_every_metric_says_whether_higher_is_better():
     assert all(isinstance(m.higher_is_better, bool) for m in metrics.METRICS.values())
-    assert {name for name, m in metrics.METRICS.items() if not m.higher_is_better} == {"perplexity"}
+    lower = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"}
+    assert {name for name, m in metrics.METRICS.items() if not m.higher_is_better} == lower
 
 
 # --- Perplexity in log space: document-level log-likelihoods far below -709 must not overflow ------------------

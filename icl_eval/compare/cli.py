@@ -35,7 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for --baseline (default: 1000)")
     parser.add_argument("--seed", type=int, default=1234, help="bootstrap seed for --baseline (default: 1234)")
     parser.add_argument("--contamination", metavar="REPORT", help="contamination.json: add all / clean / dirty scores per metric")
-    parser.set_defaults(func=run_command)
     return parser
 
 
@@ -92,7 +91,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.contamination:
         from icl_eval.contamination.rescore import load_report, rescore_runs
 
-        keep = lambda r: (not args.tasks or r["task"] in args.tasks) and (not args.metrics or r["metric"] in args.metrics)  # noqa: E731
+        keep = lambda r: (not args.tasks or r.task in args.tasks) and (not args.metrics or r.metric in args.metrics)  # noqa: E731
         runs = [(c.label, run.run_dir, [r for r in run.records if keep(r)]) for c in loaded.columns for run in c.runs]
         sys.stdout.write("\n" + rescore_runs(load_report(args.contamination), runs)[1])
     figures = plots.make_plots(records, loaded.columns, chance) if (args.plot or args.report) else []

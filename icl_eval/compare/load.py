@@ -7,7 +7,6 @@ compatible group becomes its own, distinctly labelled column and a warning says 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,8 @@ import numpy as np
 import pandas as pd
 
 from icl_eval.errors import IclEvalError
-from icl_eval.metrics import field_metric
+from icl_eval.results import RESULTS_NAME, Record, RunReader
 
-RESULTS_NAME = "results.json"
 RECORD_COLUMNS = ["column", "task", "metric", "shots", "value", "stderr", "n", "run_dir"]
 
 
@@ -39,7 +37,7 @@ class Run:
     num_parameters: int | None
     fingerprint: str | None
     tasks: dict[str, TaskInfo]
-    records: list[dict]
+    records: list[Record]
 
     @property
     def run_dir(self) -> Path:
@@ -81,37 +79,18 @@ def find_results(paths: Sequence[str | Path]) -> list[Path]:
     return unique
 
 
-def _field(data: dict, key: str, path: Path, where: str = ""):
-    if not isinstance(data, dict) or key not in data:
-        raise IclEvalError(f"{path}: missing field '{where}{key}'; is this a results.json written by `icl-eval run`?")
-    return data[key]
-
-
 def load_run(path: Path) -> Run:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise IclEvalError(f"{path}: not readable as JSON ({exc}); pass a results.json written by `icl-eval run`") from exc
-    model = _field(data, "model", path)
-    tasks = {
-        name: TaskInfo(info.get("config_hash"), info.get("template_hash"), info.get("output_type"))
-        for name, info in (data.get("tasks") or {}).items()
-        if isinstance(info, dict)
-    }
-    records = _field(data, "records", path)
-    for i, rec in enumerate(records):
-        for key in ("task", "shots", "metric", "value"):
-            _field(rec, key, path, where=f"records[{i}].")
+    result = RunReader(path).result()
     return Run(
         path=path,
-        run_id=str(data.get("run_id") or path.parent.name),
-        started_at=str(data.get("started_at") or ""),
-        version=str(data.get("icl_eval_version") or "unknown"),
-        model_name=str(_field(model, "name", path, where="model.")),
-        num_parameters=model.get("num_parameters"),
-        fingerprint=model.get("fingerprint"),
-        tasks=tasks,
-        records=records,
+        run_id=result.run_id,
+        started_at=result.started_at,
+        version=result.icl_eval_version or "unknown",
+        model_name=str(result.model["name"]),
+        num_parameters=result.model.get("num_parameters"),
+        fingerprint=result.model.get("fingerprint"),
+        tasks={name: TaskInfo(t.config_hash, t.template_hash, t.output_type) for name, t in result.tasks.items()},
+        records=result.records,
     )
 
 
@@ -190,15 +169,13 @@ def _records_frame(columns: list[Column]) -> tuple[pd.DataFrame, list[str]]:
         for run in column.runs:  # start order, so a later run's record replaces an earlier one
             runs_by_path[run.path] = run
             for rec in run.records:
-                key = (column.label, rec["task"], rec["metric"], int(rec["shots"]))
+                key = (column.label, rec.task, rec.metric, rec.shots)
                 if key in source:
                     repeated.setdefault((column.label, source[key].path, run.path), []).append(key)
                 source[key] = run
-                stderr = rec.get("stderr")
                 rows[key] = {
-                    "column": column.label, "task": rec["task"], "metric": rec["metric"], "shots": int(rec["shots"]),
-                    "value": float(rec["value"]), "stderr": float(stderr) if stderr is not None else float("nan"),
-                    "n": rec.get("n"), "run_dir": run.run_dir,
+                    "column": column.label, "task": rec.task, "metric": rec.metric, "shots": rec.shots, "value": rec.value,
+                    "stderr": rec.stderr if rec.stderr is not None else float("nan"), "n": rec.n, "run_dir": run.run_dir,
                 }
     warnings = [
         _repeat_warning(label, runs_by_path[earlier], runs_by_path[later], keys)
@@ -244,41 +221,9 @@ def load(paths: Sequence[str | Path]) -> Loaded:
     return Loaded(columns, records, warnings + overlap + _cross_model_warnings(columns))
 
 
-def _samples_path(run_dir: Path, task: str, shots: int) -> Path:
-    return run_dir / "samples" / f"{task}_{shots}shot.jsonl"
-
-
-def _samples(path: Path):
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            fix = "fix or remove that line, or move the file away to compare without this task's per-example logs"
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise IclEvalError(f"{path}:{lineno}: not valid JSON ({exc}); {fix}") from exc
-            if not isinstance(sample, dict) or not isinstance(sample.get("metrics") or {}, dict):
-                raise IclEvalError(f"{path}:{lineno}: not a sample written by `icl-eval run` (an object with a 'metrics' object); {fix}")
-            yield sample
-
-
 def read_items(run_dir: Path, task: str, shots: int) -> dict[str, dict] | None:
-    """Per-example metric items of one task and shot count, keyed by doc_id and then by metric name; None when not
-    logged. Sample-log field names are mapped back to metrics (a perplexity item is logged as "loglikelihood";
-    logs written before that used "perplexity", and still read)."""
-    path = _samples_path(run_dir, task, shots)
-    if not path.is_file():
-        return None
-    items: dict[str, dict] = {}
-    for sample in _samples(path):
-        logged = sample.get("metrics") or {}
-        by_metric = {f: v for f, v in logged.items() if field_metric(f) == f}
-        # Renamed fields after the rest, so the current spelling wins over an old one (never both written).
-        by_metric.update({field_metric(f): v for f, v in logged.items() if field_metric(f) != f})
-        # json.dumps keeps 1 and "1" apart while making any doc_id hashable.
-        items[json.dumps(sample.get("doc_id"))] = by_metric
-    return items
+    """Per-example metric items of one task and shot count, keyed by doc_id and then by metric (RunReader.items)."""
+    return RunReader(run_dir).items(task, shots)
 
 
 def chance_levels(columns: Sequence[Column], tasks: Iterable[str] | None = None) -> dict[str, float]:
@@ -290,17 +235,19 @@ def chance_levels(columns: Sequence[Column], tasks: Iterable[str] | None = None)
     levels: dict[str, float] = {}
     for column in columns:
         for run in column.runs:
-            for task in dict.fromkeys(rec["task"] for rec in run.records):
+            reader = RunReader(run.path)
+            for task in dict.fromkeys(rec.task for rec in run.records):
                 info = run.tasks.get(task)
                 # Older results.json files lack output_type: their sample logs decide (candidates or not).
                 multiple_choice = info is None or info.output_type in (None, "multiple_choice")
                 if task in levels or not multiple_choice or (wanted is not None and task not in wanted):
                     continue
-                shots = sorted({int(rec["shots"]) for rec in run.records if rec["task"] == task})
-                path = next((p for p in (_samples_path(run.run_dir, task, k) for k in shots) if p.is_file()), None)
-                if path is None:
+                shots = sorted({rec.shots for rec in run.records if rec.task == task})
+                logged = next((k for k in shots if reader.has_samples(task, k)), None)
+                if logged is None:
                     continue
-                counts = [len(s["candidates"]) for s in _samples(path) if isinstance(s.get("candidates"), list) and s["candidates"]]
+                candidates = (s.fields.get("candidates") for s in reader.samples(task, logged))
+                counts = [len(c) for c in candidates if isinstance(c, list) and c]
                 if counts:
                     levels[task] = float(np.mean([1.0 / c for c in counts]))
     return levels

@@ -18,9 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from icl_eval.compare.load import Column
-from icl_eval.compare.table import lower_is_better
 from icl_eval.formatting import number
-from icl_eval.metrics import METRICS
+from icl_eval.metrics import METRICS, lower_is_better
 
 FIGSIZE = (6.4, 4.8)
 DPI = 100

@@ -16,7 +16,7 @@ from icl_eval.compare.load import Column
 from icl_eval.compare.significance import ALPHA, Significance
 from icl_eval.errors import IclEvalError
 from icl_eval.formatting import number, value_stderr
-from icl_eval.metrics import METRICS
+from icl_eval.metrics import lower_is_better
 
 ROW_KEYS = ["task", "metric", "shots"]
 MISSING = "—"
@@ -24,13 +24,6 @@ SIGNIFICANT_MARK = "*"
 UNTESTED_MARK = "†"
 
 RowKey = tuple[str, str, int]
-
-
-def lower_is_better(metric: str) -> bool:
-    """The harness's own fact for its metrics; a metric it does not know (a run from another version) is taken
-    at its name: perplexities are lower-is-better, anything else higher."""
-    known = METRICS.get(metric)
-    return not known.higher_is_better if known is not None else metric.endswith("perplexity")
 
 
 @dataclass(frozen=True)

@@ -219,14 +219,14 @@ def build_index(named_texts: list[tuple[str, str | list[str], list[tuple[int, st
 
 
 def index_tasks(tasks: list[TaskConfig], ngram: str, data_dir: str | None, seed: int) -> EvalIndex:
-    """Load each task's evaluation split with the harness's own machinery and index it."""
-    from icl_eval.evaluator import Settings, prepare
+    """Load each task's evaluation split as a run does (data.load_source: doc_id is the index) and index it."""
+    from icl_eval.data import load_source
 
     named = []
     for task in tasks:
-        prep = prepare(task, Settings(seed=seed, data_dir=data_dir))
+        docs, _ = load_source(task.data, data_dir, seed, f"task '{task.name}' ({task.path})")
         fields = task.contamination_fields if isinstance(task.contamination_fields, str) else list(task.contamination_fields)
-        named.append((task.name, fields, [(i, example_text(task, doc, i)) for i, doc in enumerate(prep.docs)]))
+        named.append((task.name, fields, [(i, example_text(task, doc, i)) for i, doc in enumerate(docs)]))
     return build_index(named, ngram)
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from icl_eval.contamination.index import EvalIndex, IndexedExample, percent
 from icl_eval.contamination.normalise import NORMALISATION_VERSION
+from icl_eval.formatting import percent_text
 
 REPORT_VERSION = 2  # 2: 'fields' may be a list of document fields; document ids may be the corpus's own
 DOCS_SHOWN = 3
@@ -71,10 +71,6 @@ def build_report(index: EvalIndex, refs: dict[int, list], boilerplate: int, prob
     }
 
 
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -88,7 +84,7 @@ def _fields_cell(fields: str | list[str]) -> str:
 
 def summary_table(report: dict[str, Any]) -> str:
     """Per task: N, total, dirty, clean, percent clean (the counting half of the paper's Table C.1)."""
-    rows = [[name, str(t["n"]), _fields_cell(t["fields"]), str(t["total"]), str(t["dirty"]), str(t["clean"]), _fmt(t["percent_clean"])]
+    rows = [[name, str(t["n"]), _fields_cell(t["fields"]), str(t["total"]), str(t["dirty"]), str(t["clean"]), percent_text(t["percent_clean"])]
             for name, t in report["tasks"].items()]
     return markdown_table(["task", "N", "fields", "total", "dirty", "clean", "% clean"], rows)
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from icl_eval.contamination.report import REPORT_VERSION, _fmt, dirty_ids, markdown_table
+from icl_eval.contamination.report import REPORT_VERSION, dirty_ids, markdown_table
 from icl_eval.errors import IclEvalError
+from icl_eval.formatting import MISSING, number, percent_text
+from icl_eval.results import Record, RunReader
 
 
 def load_report(path: str | Path) -> dict[str, Any]:
@@ -38,6 +41,13 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _object_problem(obj: Any, where: str, keys: tuple[str, ...]) -> str | None:
+    if not isinstance(obj, dict):
+        return f"'{where}' must be an object, got {type(obj).__name__}"
+    missing = next((key for key in keys if key not in obj), None)
+    return f"'{where}' has no field '{missing}'" if missing else None
+
+
 def report_problem(report: Any) -> str | None:
     """What is wrong with a parsed report, in words naming the field, or None: every field rescoring reads."""
     if not isinstance(report, dict):
@@ -52,22 +62,18 @@ def report_problem(report: Any) -> str | None:
         return f"'tasks' must be an object of task name -> entry, got {type(tasks).__name__}"
     for name, task in tasks.items():
         where = f"tasks.{name}"
-        if not isinstance(task, dict):
-            return f"'{where}' must be an object, got {type(task).__name__}"
-        for key in ("n", "examples"):
-            if key not in task:
-                return f"'{where}' has no field '{key}'"
+        problem = _object_problem(task, where, ("n", "examples"))
+        if problem:
+            return problem
         if not _is_int(task["n"]) or task["n"] < 1:
             return f"'{where}.n' must be a positive integer, got {task['n']!r}"
         if not isinstance(task["examples"], list):
             return f"'{where}.examples' must be a list, got {type(task['examples']).__name__}"
         for i, ex in enumerate(task["examples"]):
             at = f"{where}.examples[{i}]"
-            if not isinstance(ex, dict):
-                return f"'{at}' must be an object, got {type(ex).__name__}"
-            for key in ("doc_id", "dirty"):
-                if key not in ex:
-                    return f"'{at}' has no field '{key}'"
+            problem = _object_problem(ex, at, ("doc_id", "dirty"))
+            if problem:
+                return problem
             if not (_is_int(ex["doc_id"]) or isinstance(ex["doc_id"], str)):
                 return f"'{at}.doc_id' must be an integer or string, got {ex['doc_id']!r}"
             if not isinstance(ex["dirty"], bool):
@@ -79,20 +85,22 @@ def _relative(clean: float, whole: float) -> float:
     return (clean - whole) / abs(whole) if whole and not math.isnan(whole) and not math.isnan(clean) else math.nan
 
 
-def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], label: str = "") -> list[dict[str, Any]]:
-    """One row per (task, shots, metric) that both the run and the report know, from the run's sample logs."""
-    from icl_eval.compare.load import read_items
+def rescore_run(report: dict[str, Any], run_dir: Path, records: Sequence[Record | dict], label: str = "") -> list[dict[str, Any]]:
+    """One row per (task, shots, metric) that both the run and the report know, from the run's sample logs.
+    Records may be Record objects or their JSON dicts."""
     from icl_eval.metrics import METRICS, value
 
+    reader = RunReader(run_dir)
     rows = []
     logs: dict[tuple[str, int], dict | None] = {}
     dirty_of: dict[str, set[str]] = {}  # task -> its dirty doc ids, spelled as the sample logs key them
     for rec in records:
-        task, shots, metric = rec["task"], int(rec["shots"]), rec["metric"]
+        rec = rec if isinstance(rec, Record) else Record.from_json(rec)
+        task, shots, metric = rec.task, rec.shots, rec.metric
         if task not in report["tasks"] or metric not in METRICS:
             continue
         if (task, shots) not in logs:
-            logs[(task, shots)] = read_items(run_dir, task, shots)
+            logs[(task, shots)] = reader.items(task, shots)
         items = logs[(task, shots)]
         if items is None:
             continue
@@ -117,7 +125,7 @@ def rescore_run(report: dict[str, Any], run_dir: Path, records: list[dict], labe
 
 
 def _score(x: float) -> str:
-    return "—" if math.isnan(x) else f"{x:.4f}" if abs(x) < 1e4 else f"{x:.4g}"
+    return MISSING if math.isnan(x) else number(x)  # an empty subset has no score
 
 
 def rescore_table(rows: list[dict[str, Any]]) -> str:
@@ -126,10 +134,11 @@ def rescore_table(rows: list[dict[str, Any]]) -> str:
     headers = (["model"] if with_model else []) + ["task", "shots", "metric", "N", "all", "dirty", "dirty n", "clean", "clean n", "% clean", "clean vs all"]
     body = []
     for r in rows:
-        rel = "—" if math.isnan(r["relative_change"]) else f"{100 * r['relative_change']:+.1f}%"
+        rel = percent_text(100 * r["relative_change"], signed=True)
+        rel += "%" if rel != MISSING else ""
         body.append(([r["model"]] if with_model else []) + [
             r["task"], str(r["shots"]), r["metric"], str(r["n_ngram"]), _score(r["all"]), _score(r["dirty"]), str(r["n_dirty"]),
-            _score(r["clean"]), str(r["n_clean"]), _fmt(r["percent_clean"]), rel,
+            _score(r["clean"]), str(r["n_clean"]), percent_text(r["percent_clean"]), rel,
         ])
     return markdown_table(headers, body)
 
