@@ -192,11 +192,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         shutil.rmtree(writer.dir.parent, ignore_errors=True)  # its copy of the results; the first process wrote them
         return 0
     if cache is not None:
-        counts = [c for info in result.tasks.values() for c in info.get("cache", {}).values()]
+        counts = [c for info in result.tasks.values() for c in (info.cache or {}).values()]
         print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed")
     _print_table(result.records)
     for name, info in result.tasks.items():
-        for k, counts in info["truncation"].items():
+        for k, counts in info.truncation.items():
             if any(counts.values()):
                 print(f"note: {name} {k}-shot: {counts['demos_dropped']} prompts lost demonstrations, {counts['left_truncated']} were left-truncated, {counts['nonfinite']} had NaN/inf logits (excluded)")
     if inputs.contamination is not None:

@@ -17,7 +17,7 @@ from icl_eval.errors import IclEvalError
 from icl_eval.kinds import Kind, Prompt, kind_of
 from icl_eval.prompts import Example, assemble, description_for, prompt_hash, template_hash
 from icl_eval.requests import Model, Request, Result, call_model
-from icl_eval.results import Record, RunResult, new_run_id, now
+from icl_eval.results import Record, RunResult, SampleLog, TaskSummary, new_run_id, now
 from icl_eval.task_config import TaskConfig
 
 
@@ -161,7 +161,7 @@ class TaskRun:
     """One task at one shot count: its records, per-example logs, truncation and cache counts."""
 
     records: list[Record]
-    samples: list[dict[str, Any]]
+    samples: list[SampleLog]
     truncation: dict[str, int]
     cache: dict[str, int]
 
@@ -196,26 +196,18 @@ def _left_truncated(results: list[Result]) -> bool:
     return any(getattr(r, "left_truncated", False) for r in results)
 
 
-def _sample_log(prep: PreparedTask, k: int, p: Prompt, results: list[Result]) -> dict[str, Any]:
+def _sample_log(prep: PreparedTask, k: int, p: Prompt, results: list[Result]) -> SampleLog:
     """What the model saw and answered for one example, in full: a reader needs nothing else. No metrics yet."""
-    task = prep.task
-    sample: dict[str, Any] = {
-        "task": task.name, "shots": k, "doc_id": p.doc_id, "fewshot_ids": list(p.fewshot_ids),
-        "prompt_hash": prompt_hash(p.context, p.target), "context": p.context, "target": p.target,
-    }
-    fields, finite = prep.kind.log(task, p, prep.example(p.doc_id), results)
-    sample.update(fields)
-    if _left_truncated(results):
-        sample["left_truncated"] = True  # the model saw the context above minus tokens cut from its front
-    if not finite:
-        # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
-        sample["nonfinite"] = True
-        sample["metrics"] = {}
-    return sample
+    fields, finite = prep.kind.log(prep.task, p, prep.example(p.doc_id), results)
+    # NaN/inf logits: flagged in the log, left out of every metric rather than scored as garbage.
+    return SampleLog(
+        prep.task.name, k, p.doc_id, list(p.fewshot_ids), prompt_hash(p.context, p.target), p.context, p.target, fields,
+        left_truncated=_left_truncated(results), nonfinite=not finite,
+    )
 
 
 def score_task(
-    prep: PreparedTask, k: int, model: Model, settings: Settings, write_samples: Callable[[list[dict[str, Any]]], object] | None = None,
+    prep: PreparedTask, k: int, model: Model, settings: Settings, write_samples: Callable[[list[SampleLog]], object] | None = None,
 ) -> TaskRun:
     """One task at K shots: ask, log, let the kind score, aggregate.
 
@@ -230,13 +222,13 @@ def score_task(
         for sample, per in zip(samples, prep.kind.score(task, queries, results, samples)):
             if per is None:
                 continue
-            sample["metrics"] = {metrics.item_field(m): v for m, v in per.items()}  # a perplexity item is a log-likelihood
+            sample.metrics = {metrics.item_field(m): v for m, v in per.items()}  # a perplexity item is a log-likelihood
             for m, v in per.items():
                 items[m].append(v)
     finally:
         if write_samples is not None:
             write_samples(samples)
-    nonfinite = sum(bool(s.get("nonfinite")) for s in samples)
+    nonfinite = sum(s.nonfinite for s in samples)
     records = [Record(task.name, k, m, *metrics.aggregate(m, items[m]), len(prompts) - nonfinite) for m in task.metrics]
     truncation = {
         "demos_dropped": sum(p.demos_dropped > 0 for p in prompts),
@@ -246,7 +238,7 @@ def score_task(
     return TaskRun(records, samples, truncation, cache)
 
 
-SamplesCallback = Callable[[str, int, list[dict[str, Any]]], object]  # (task name, shots, sample logs)
+SamplesCallback = Callable[[str, int, list[SampleLog]], object]  # (task name, shots, sample logs)
 
 
 def evaluate(
@@ -262,13 +254,11 @@ def evaluate(
         task = prep.task
         subset = f"a seeded random subset of {len(prep.doc_ids)} of {len(prep.docs)} examples (--limit, seed {settings.seed})" if settings.limit and settings.limit < len(prep.docs) else f"all {len(prep.docs)} examples"
         echo(f"{task.name}: {subset} from {prep.source}")
-        result.tasks[task.name] = {
-            "config_hash": task.config_hash(), "template_hash": template_hash(task), "output_type": task.output_type,
-            "n_docs": len(prep.docs), "n_evaluated": len(prep.doc_ids), "data_source": prep.source, "truncation": {},
-        }
         signatures = {m: metrics.sacrebleu_signature(m) for m in task.metrics if metrics.METRICS[m].corpus}
-        if signatures:
-            result.tasks[task.name]["sacrebleu"] = signatures
+        result.tasks[task.name] = TaskSummary(
+            task.config_hash(), template_hash(task), task.output_type, len(prep.docs), len(prep.doc_ids), prep.source,
+            sacrebleu=signatures or None, cache={} if result.settings.get("cache") else None,  # hits and misses, with a cache
+        )
     for prep in prepared:
         info = result.tasks[prep.task.name]
         for k in settings.shots:
@@ -278,8 +268,9 @@ def evaluate(
             except IclEvalError as e:  # the backend knows requests, not tasks: say which task and shot count failed
                 raise IclEvalError(f"task '{prep.task.name}' ({prep.task.path}), {k}-shot: {e}") from None
             result.records.extend(run.records)
-            info["truncation"][str(k)] = run.truncation
-            info.setdefault("cache", {})[str(k)] = run.cache
+            info.truncation[str(k)] = run.truncation
+            if info.cache is not None:
+                info.cache[str(k)] = run.cache
     result.finished_at = now()
     return result
 

@@ -22,7 +22,7 @@ def inline_root(tmp_path_factory):
 def _samples(task, model, root):
     settings = Settings(shots=(0,), data_dir=str(root))
     run = score_task(prepare(task, settings), 0, model, settings)
-    _, samples, _ = run.records, run.samples, run.truncation
+    _, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     return {s["doc_id"]: s for s in samples}
 
 

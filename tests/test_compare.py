@@ -366,7 +366,7 @@ def test_evaluator_logs_the_perplexity_item_as_a_loglikelihood_and_compare_reads
     (tmp_path / "tiny.jsonl").write_text("".join(json.dumps({"text": "w " * i, "answer": "x"}) + "\n" for i in range(1, 6)))
     settings = Settings(shots=(0,), data_dir=str(tmp_path))
     run = score_task(prepare(load_task(str(tmp_path / "tiny.yaml")), settings), 0, Scripted(), settings)
-    records, samples, _ = run.records, run.samples, run.truncation
+    records, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     assert metrics.item_field("perplexity") == "loglikelihood" and metrics.field_metric("loglikelihood") == "perplexity"
     assert all(set(s["metrics"]) == {"acc", "loglikelihood"} and s["metrics"]["loglikelihood"] < 0 for s in samples)
     run_dir = tmp_path / "run"

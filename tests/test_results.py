@@ -54,8 +54,8 @@ def _evaluator_samples(tmp_path: Path, kind: str) -> list[dict]:
     (tmp_path / f"{kind}.jinja").write_text(block)
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": "w " * i, "answer": "x"}) + "\n" for i in range(1, 8)))
     settings = Settings(shots=(1,), data_dir=str(tmp_path))
-    _, samples, _ = score_task(prepare(load_task(str(tmp_path / f"{kind}.yaml")), settings), 1, Scripted(), settings)
-    return samples
+    run = score_task(prepare(load_task(str(tmp_path / f"{kind}.yaml")), settings), 1, Scripted(), settings)
+    return [s.to_json() for s in run.samples]
 
 
 @pytest.mark.parametrize("kind", sorted(TASKS))

@@ -175,7 +175,7 @@ def inline_root(tmp_path_factory):
 
 def _samples(task: str, root: Path, shots: int = 1) -> tuple:
     prep = prepare(load_task(task), Settings(shots=(shots,), data_dir=str(root)))
-    return prep, score_task(prep, shots, Scripted(), Settings(shots=(shots,), data_dir=str(root))).samples
+    return prep, [s.to_json() for s in score_task(prep, shots, Scripted(), Settings(shots=(shots,), data_dir=str(root))).samples]
 
 
 def test_full_multiple_choice_log_holds_the_context_and_each_scored_continuation(inline_root):

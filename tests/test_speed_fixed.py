@@ -35,8 +35,8 @@ def test_fixed_mode_scores_equal_unshared_and_forward_the_prefix_once(tiny_gpt2_
     prep = prepare(task, settings)
     shared = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4)
     plain = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4, share_prefixes=False)
-    a = score_task(prep, 8, shared, settings).samples
-    b = score_task(prep, 8, plain, settings).samples
+    a = [s.to_json() for s in score_task(prep, 8, shared, settings).samples]
+    b = [s.to_json() for s in score_task(prep, 8, plain, settings).samples]
     assert [s["doc_id"] for s in a] == [s["doc_id"] for s in b]
     assert len({tuple(s["fewshot_ids"]) for s in a}) <= 2  # one set (plus, rarely, an example that was in it)
     for x, y in zip(a, b):

@@ -29,7 +29,7 @@ def _score(task: str, model, root, shots: int = 1):
 def test_full_choice_candidates_share_one_context_and_uncond_shares_answer(inline_root):
     model = ScriptedModel()
     run = _score("arc_easy", model, inline_root, shots=1)
-    records, samples, _ = run.records, run.samples, run.truncation
+    records, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     conditional = [r for r in model.ll_requests if r.context != "Answer:"]
     unconditional = [r for r in model.ll_requests if r.context == "Answer:"]
     assert len(conditional) == 16
@@ -49,7 +49,7 @@ def test_choice_rules_pick_as_the_paper_defines(inline_root):
         return {" oxygen": -2.0, " carbon dioxide": -3.0, " helium": -9.0, " neon": -9.0}.get(cont, -1.0)
 
     run = _score("arc_easy", ScriptedModel(score), inline_root, shots=0)
-    _, samples, _ = run.records, run.samples, run.truncation
+    _, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     s = next(x for x in samples if x["doc_id"] == 0)
     # acc: oxygen has the largest sum; acc_norm: per character, -3/15 beats -2/7; acc_uncond: -3 - -20 is largest.
     assert s["predictions"] == {"acc": 0, "acc_norm": 1, "acc_uncond": 1}
@@ -64,7 +64,7 @@ def test_partial_scoring_puts_each_option_in_the_context(inline_root):
 
     model = ScriptedModel(score)
     run = _score("winogrande", model, inline_root, shots=0)
-    records, samples, _ = run.records, run.samples, run.truncation
+    records, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     first = [r for r in model.ll_requests if r.context.startswith("Sarah")]
     assert [r.context for r in first] == ["Sarah was a better surgeon than Maria so Sarah", "Sarah was a better surgeon than Maria so Maria"]
     assert {r.continuation for r in first} == {" always got the easier cases."}
@@ -75,7 +75,7 @@ def test_partial_scoring_puts_each_option_in_the_context(inline_root):
 def test_nonfinite_candidate_excludes_the_example(inline_root):
     model = ScriptedModel(lambda c, t: float("nan") if "Roof" in c and "wrap" in t else -1.0)
     run = _score("hellaswag", model, inline_root, shots=0)
-    records, samples, counts = run.records, run.samples, run.truncation
+    records, samples, counts = run.records, [s.to_json() for s in run.samples], run.truncation
     assert counts["nonfinite"] == 1 and records[0].n == 3
     assert next(s for s in samples if s["doc_id"] == 0)["nonfinite"]
 
@@ -88,7 +88,7 @@ def test_qa_exact_match_against_any_alias_and_f1(inline_root):
         return replies.get(question, "no idea")
 
     run = _score("triviaqa", ScriptedModel(reply=reply), inline_root, shots=0)
-    records, samples, _ = run.records, run.samples, run.truncation
+    records, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     by_doc = {s["doc_id"]: s for s in samples}
     assert by_doc[0]["metrics"]["exact_match"] == 1.0  # an alias, after normalisation
     assert by_doc[2]["metrics"]["exact_match"] == 0.0
@@ -99,7 +99,7 @@ def test_qa_exact_match_against_any_alias_and_f1(inline_root):
 def test_unscramble_exact_match_is_case_sensitive_strip_only(inline_root):
     model = ScriptedModel(reply=lambda c: " Casino" if c.endswith("asinoc =") else " cowboys ")
     run = _score("unscramble_cl", model, inline_root, shots=0)
-    _, samples, _ = run.records, run.samples, run.truncation
+    _, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     by_doc = {s["doc_id"]: s["metrics"]["exact_match"] for s in samples}
     assert by_doc[0] == 0.0 and by_doc[1] == 1.0
     assert model.gen_requests[0].until == ("\n",)
@@ -112,7 +112,7 @@ def test_translation_corpus_bleu_matches_sacrebleu_and_subsets_rescore(inline_ro
         return hyps[context.rsplit("translation of ", 1)[1].removesuffix(" A:")]
 
     run = _score("wmt14_en_fr", ScriptedModel(reply=reply), inline_root, shots=0)
-    records, samples, _ = run.records, run.samples, run.truncation
+    records, samples, _ = run.records, [s.to_json() for s in run.samples], run.truncation
     preds = [s["generation"] for s in samples]
     refs = [s["references"][0] for s in samples]
     bleu = next(r for r in records if r.metric == "bleu")

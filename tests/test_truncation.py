@@ -34,7 +34,7 @@ def test_truncation_counts_reach_the_results(gpt2_tokenizer):
     hf = make_hf_model(tiny_gpt2(len(gpt2_tokenizer), n_positions=64), gpt2_tokenizer)
     prep = prepare(load_task("arithmetic_2da"), Settings(limit=6))
     run = score_task(prep, 8, hf, Settings(limit=6))
-    records, samples, counts = run.records, run.samples, run.truncation
+    records, samples, counts = run.records, [s.to_json() for s in run.samples], run.truncation
     assert counts["demos_dropped"] == 6 and counts["left_truncated"] == 0
     assert all(len(s["fewshot_ids"]) < 8 for s in samples)
     assert records[0].n == 6

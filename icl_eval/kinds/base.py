@@ -13,6 +13,7 @@ from typing import Any
 from icl_eval.errors import IclEvalError
 from icl_eval.prompts import Example, check_target, query_input, render_example, render_zero_shot
 from icl_eval.requests import Request, Result
+from icl_eval.results import SampleLog
 from icl_eval.task_config import TaskConfig
 
 
@@ -70,7 +71,7 @@ class Kind:
         """The kind's fields of one example's sample log (what the model answered), and whether it is finite."""
         raise NotImplementedError
 
-    def score(self, task: TaskConfig, queries: list[Example], results: list[list[Result]], samples: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def score(self, task: TaskConfig, queries: list[Example], results: list[list[Result]], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
         """Per example, its item for each of the task's metrics (None for an example flagged non-finite).
 
         Whole-task, so corpus metrics (BLEU's sentence statistics) are computed in one call; a kind may add

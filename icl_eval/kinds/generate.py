@@ -8,6 +8,7 @@ from icl_eval import metrics
 from icl_eval.kinds.base import Kind, Prompt
 from icl_eval.prompts import Example, check_target, eval_expression, render_example, render_zero_shot, string_list
 from icl_eval.requests import GenerationRequest, GenerationResult, Request
+from icl_eval.results import SampleLog
 from icl_eval.task_config import TaskConfig
 
 
@@ -36,9 +37,9 @@ class Generate(Kind):
             "generation_raw": out.raw, "generation": out.text.strip(), "references": list(query.references),
         }, True
 
-    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        predictions = [s["generation"] for s in samples]
-        references = [s["references"] for s in samples]
+    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
+        predictions = [s.fields["generation"] for s in samples]
+        references = [s.fields["references"] for s in samples]
         # Whole-task: a corpus metric's sentence statistics are extracted in one call.
         per_metric = {m: metrics.generation_items(m, predictions, references, task.normalizer) for m in task.metrics}
         return [{m: per_metric[m][i] for m in task.metrics} for i in range(len(samples))]

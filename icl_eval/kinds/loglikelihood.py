@@ -8,6 +8,7 @@ from icl_eval import metrics
 from icl_eval.kinds.base import Kind, Prompt
 from icl_eval.prompts import Example
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, Request
+from icl_eval.results import SampleLog
 from icl_eval.task_config import TaskConfig
 
 
@@ -21,8 +22,8 @@ class Loglikelihood(Kind):
         out: LoglikelihoodResult = results[0]
         return {"loglikelihood": out.loglikelihood, "n_tokens": out.n_tokens, "is_greedy": out.is_greedy}, out.finite
 
-    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        return [None if s.get("nonfinite") else {m: metrics.loglikelihood_item(m, r[0]) for m in task.metrics} for s, r in zip(samples, results)]
+    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
+        return [None if s.nonfinite else {m: metrics.loglikelihood_item(m, r[0]) for m in task.metrics} for s, r in zip(samples, results)]
 
 
 KIND = Loglikelihood()

@@ -11,6 +11,7 @@ from icl_eval.errors import IclEvalError
 from icl_eval.kinds.base import Kind, Prompt
 from icl_eval.prompts import Example, render_block
 from icl_eval.requests import Request, RollingRequest, RollingResult
+from icl_eval.results import SampleLog
 from icl_eval.task_config import TaskConfig
 
 WORD_COUNTS = {"lm_eval": rolling.count_words, "words_and_line_ends": rolling.count_words_and_line_ends}
@@ -42,9 +43,9 @@ class LoglikelihoodRolling(Kind):
         words = WORD_COUNTS[task.word_count](prompt.context)
         return {"loglikelihood": out.loglikelihood, "n_tokens": out.n_tokens, "n_words": words, "n_bytes": out.n_bytes}, out.finite
 
-    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
         counts = {"word_perplexity": "n_words", "byte_perplexity": "n_bytes", "bits_per_byte": "n_bytes", "token_perplexity": "n_tokens"}
-        return [None if s.get("nonfinite") else {m: [s["loglikelihood"], s[counts[m]]] for m in task.metrics} for s in samples]
+        return [None if s.nonfinite else {m: [s.fields["loglikelihood"], s.fields[counts[m]]] for m in task.metrics} for s in samples]
 
 
 KIND = LoglikelihoodRolling()

@@ -14,6 +14,7 @@ from icl_eval.errors import IclEvalError
 from icl_eval.kinds.base import Kind, Prompt
 from icl_eval.prompts import Example, check_target, choice_index, eval_expression, render_example, render_zero_shot, string_list
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, Request
+from icl_eval.results import SampleLog
 from icl_eval.task_config import TaskConfig
 
 
@@ -80,15 +81,15 @@ class MultipleChoice(Kind):
         finite = all(o.finite for o in outs) and all(u.finite for u in uncond or ())
         return {"candidates": candidates, "gold": query.gold}, finite
 
-    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
         items: list[dict[str, Any] | None] = []
         for query, sample, res in zip(queries, samples, results):
-            if sample.get("nonfinite"):
+            if sample.nonfinite:
                 items.append(None)
                 continue
             n = len(query.choices)
             picks = metrics.choice_predictions(res[:n], query.choices, res[n:] if _needs_uncond(task) else None)
-            sample["predictions"] = {m: picks[m] for m in task.metrics}
+            sample.predictions = {m: picks[m] for m in task.metrics}
             items.append({m: float(picks[m] == query.gold) for m in task.metrics})
         return items
 
