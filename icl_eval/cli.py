@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
     run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
+    run.add_argument("--backend", default="hf", help="hf: Hugging Face in-process (default), or an installed plugin's backend")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
     run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
     run.add_argument(
@@ -142,10 +143,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval import distributed  # torch: loaded by the commands that need it, not by `contamination`
     from icl_eval.cache import default_path
     from icl_eval.evaluator import Settings, evaluate
-    from icl_eval.models.hf import HFModel
     from icl_eval.provenance import environment
     from icl_eval.results import RunWriter, new_run_id
-    from icl_eval.session import check_inputs, refuse_conflicting, wrap
+    from icl_eval.session import backend_factory, check_inputs, refuse_conflicting, wrap
 
     # Everything that can be checked without the model is checked before it loads: a typo, a missing data
     # file or too few demonstrations must not cost a ten-minute load first.
@@ -156,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     refuse_conflicting(args.no_cache, args.cache, args.output)
     settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
     inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination)
+    load_backend = backend_factory(args.backend)
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
         raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
@@ -167,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for prep in inputs.prepared:
             for k in shots:
                 writer.samples_path(prep.task.name, k)  # every samples file lands inside the run folder
-        backend = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
+        backend = load_backend(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
         # After the model: a bad --model leaves no cache file.
         model, cache = wrap(backend, None if args.no_cache else str(args.cache or default_path(args.output)), rank, processes)
     except IclEvalError:

@@ -296,3 +296,44 @@ def tested_on_item_mean(metric: str) -> bool:
     """True when the metric is a monotone function of the mean of its items (Metric.item_mean)."""
     known = METRICS.get(metric)
     return known is not None and known.item_mean
+
+
+# --- metrics from installed plugins (entry-point group icl_eval.metrics; docs/plugins.md) ----------------------
+
+def _plugin_metric(obj: object) -> Metric:
+    """A plugin's Metric-like object in the registry's form. Its `item` takes (prediction, references) for a
+    generation task or the backend's result for a log-likelihood task; a generation item is also handed the
+    task's normaliser when it accepts a third argument."""
+    if isinstance(obj, Metric):
+        return obj
+    aggregate = getattr(obj, "aggregate", obj)
+    types = tuple(getattr(obj, "output_types", ("generate",)))
+    item = getattr(obj, "item", None)
+    if item is not None and "generate" in types:
+        plugin_item = item
+
+        def item(prediction, references, normalize=None):  # noqa: F811 - the registry's calling convention
+            return plugin_item(prediction, references)
+
+    return Metric(
+        aggregate, higher_is_better=bool(getattr(obj, "higher_is_better", True)), output_types=types,
+        corpus=bool(getattr(obj, "corpus", False)), item=item, item_mean=bool(getattr(obj, "item_mean", False)),
+    )
+
+
+_from_plugins: list[str] = []  # names load_plugin_metrics added, so forget_plugin_metrics can take them out
+
+
+def load_plugin_metrics() -> None:
+    """Add installed plugins' metrics to METRICS (a plugin may not replace a built-in); plugins.refresh() forgets them."""
+    from icl_eval import plugins
+
+    for name, obj in plugins.load_group(plugins.METRICS).items():
+        if name not in METRICS:
+            METRICS[name] = _plugin_metric(obj)
+            _from_plugins.append(name)
+
+
+def forget_plugin_metrics() -> None:
+    while _from_plugins:
+        METRICS.pop(_from_plugins.pop(), None)

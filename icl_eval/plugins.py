@@ -149,6 +149,10 @@ def failures() -> list[PluginFailure]:
 
 def refresh() -> None:
     """Forget what was loaded (and warned about), so the next call scans the installed distributions again."""
+    from icl_eval import kinds, metrics  # late: both read this module
+
     _loaded.clear()
     _failed.clear()
     _warned.clear()
+    metrics.forget_plugin_metrics()
+    kinds.kinds.cache_clear()

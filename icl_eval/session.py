@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,3 +71,21 @@ def refuse_conflicting(no_cache: bool, cache: str | None, output: str) -> None:
         raise IclEvalError(f"--cache {cache} and --no-cache contradict each other; give one of them")
     if output == "":
         raise IclEvalError("--output '': give a folder, e.g. --output results (an empty one would write into the current folder)")
+
+
+def backend_factory(name: str) -> Callable[..., Model]:
+    """The loader of a --backend: `hf` (Hugging Face in-process) or an installed plugin's (icl_eval.models group).
+
+    A plugin factory is called as factory(model, device=..., dtype=..., batch_size=..., bos_policy=...,
+    trust_remote_code=..., device_map=...) and returns an object meeting requests.Model."""
+    if name == "hf":
+        from icl_eval.models.hf import HFModel
+
+        return HFModel.load
+    from icl_eval import plugins
+
+    found = plugins.load_group(plugins.MODELS)
+    if name not in found:
+        known = ", ".join(["hf", *sorted(found)])
+        raise IclEvalError(f"--backend {name}: no such backend; installed: {known} (a plugin adds one through the icl_eval.models entry-point group)")
+    return found[name]  # type: ignore[return-value]

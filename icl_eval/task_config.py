@@ -178,7 +178,9 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         _expect(kw["template_vars"], dict, path, "template_vars")
     if kw.get("scoring", "full") not in SCORING_MODES:
         raise IclEvalError(f"{path}: 'scoring' must be full or partial, got {kw['scoring']!r}")
-    from icl_eval.metrics import METRICS, NORMALIZERS  # late: metrics imports nothing from here, but keep the schema module light
+    from icl_eval.metrics import METRICS, NORMALIZERS, load_plugin_metrics  # late: keeps the schema module light
+
+    load_plugin_metrics()  # a plugin task may name a plugin metric
 
     if kw.get("normalizer", "answer") not in NORMALIZERS:
         raise IclEvalError(f"{path}: 'normalizer' must be one of {', '.join(NORMALIZERS)}, got {kw['normalizer']!r}{_suggest(str(kw['normalizer']), tuple(NORMALIZERS))}")
