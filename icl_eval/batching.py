@@ -1,8 +1,9 @@
-"""Grouping requests into batches: longest first, under a token budget, split in half on out-of-memory."""
+"""Grouping requests into batches: longest first, under a token budget that out-of-memory errors halve."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,23 +37,61 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def run_splitting_on_oom(
-    batch: list[T], run: Callable[[list[T]], list[R]], on_split: Callable[[], None] = lambda: None
-) -> Iterator[tuple[list[T], list[R]]]:
-    """Run a batch, yielding (items, results); on out-of-memory run its halves instead, keeping work done."""
-    try:
-        yield batch, run(batch)
-    except Exception as e:
-        if not is_out_of_memory(e) or len(batch) == 1:
-            raise
+@dataclass
+class BatchBudget:
+    """How much one forward pass may hold: at most `max_rows` rows and `tokens` padded tokens (None: no cap).
+
+    The one out-of-memory strategy of the backend, for scoring and generation alike: an OOM halves the budget
+    (`shrink_after_oom`) and the failed rows run again in smaller batches, work already finished is kept. The
+    halving lasts for the rest of the call only: the backend calls `reset` as each call (a task) starts, so one
+    task's oversized batch does not slow down every task after it.
+    """
+
+    max_rows: int | None
+    tokens: int | None
+    floor: int  # tokens never shrink below one full-context row: the longest request must still fit
+    _configured: tuple[int | None, int | None] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._configured = (self.max_rows, self.tokens)
+
+    def reset(self) -> None:
+        self.max_rows, self.tokens = self._configured
+
+    def rows_for(self, longest: int) -> int:
+        """Rows of up to `longest` tokens that fit at once."""
+        rows = self.max_rows or 1 << 30
+        if self.tokens is not None:
+            rows = min(rows, max(1, self.tokens // longest))
+        return rows
+
+    def shrink_after_oom(self, error: BaseException, rows: int) -> None:
+        """Halve the budget after `error` hit a batch of `rows` rows; re-raise anything else, or an OOM of one row
+        (nothing smaller to try)."""
+        if not is_out_of_memory(error) or rows <= 1:
+            raise error
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        on_split()
+        if self.tokens is not None:
+            self.tokens = max(self.floor, self.tokens // 2)
+        if self.max_rows is not None:
+            self.max_rows = max(1, self.max_rows // 2)
+        elif self.tokens is not None and self.tokens <= self.floor:  # the tokens cannot shrink further: cap the rows
+            self.max_rows = max(1, rows // 2)
+
+
+def run_splitting_on_oom(batch: list[T], run: Callable[[list[T]], list[R]], budget: BatchBudget) -> Iterator[tuple[list[T], list[R]]]:
+    """Run a batch, yielding (items, results); on out-of-memory shrink the budget and run its halves instead,
+    keeping work done."""
+    try:
+        yield batch, run(batch)
+    except Exception as e:
+        budget.shrink_after_oom(e, len(batch))
         mid = len(batch) // 2
-        yield from run_splitting_on_oom(batch[:mid], run, on_split)
-        yield from run_splitting_on_oom(batch[mid:], run, on_split)
+        yield from run_splitting_on_oom(batch[:mid], run, budget)
+        yield from run_splitting_on_oom(batch[mid:], run, budget)
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

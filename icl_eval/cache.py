@@ -1,8 +1,9 @@
 """A response cache in SQLite: every model response is stored as it is computed, so a rerun resumes for free.
 
-Keys are hashes of the request itself plus everything else that could change the response: the model and
-tokenizer fingerprint, the task-config hash, the BOS policy and the code version (generation settings are
-part of a generation request). Values are JSON, never pickles, so reading a cache file cannot run code.
+Keys are hashes of the request itself, every field (its task's key and, for generation, its settings
+included), plus everything else that could change the response: the model and tokenizer fingerprint, the BOS
+policy and the code version. Values are JSON, never pickles, so reading a cache file cannot run code; results
+read back carry cached=True, a flag that is never stored.
 """
 
 from __future__ import annotations
@@ -15,17 +16,18 @@ import sys
 import time
 import typing
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from icl_eval.errors import IclEvalError
-from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
+from icl_eval.requests import GenerationResult, LoglikelihoodResult, Request, RollingResult
 
 DEFAULT_NAME = Path(".cache") / "responses.sqlite"
 _SCHEMA = "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, kind TEXT NOT NULL, value TEXT NOT NULL)"
-_RESULT_TYPES: dict[str, type] = {"loglikelihood": LoglikelihoodResult, "generate": GenerationResult}
+_RESULT_TYPES: dict[str, type] = {"loglikelihood": LoglikelihoodResult, "generate": GenerationResult, "loglikelihood_rolling": RollingResult}
+_NOT_STORED = "cached"  # a result field that says where the result came from, not what it is
 
 
 def default_path(output: str | Path) -> Path:
@@ -33,10 +35,11 @@ def default_path(output: str | Path) -> Path:
     return Path(output) / DEFAULT_NAME
 
 
-def request_key(kind: str, request: LoglikelihoodRequest | GenerationRequest, namespace: str) -> str:
-    """The cache key of one request; `namespace` holds the model, task and settings parts."""
-    fields = [kind, namespace, *(list(v) if isinstance(v, tuple) else v for v in asdict(request).values())]
-    return hashlib.sha256(json.dumps(fields).encode()).hexdigest()  # ASCII escapes: even lone surrogates hash
+def request_key(kind: str, request: Request, namespace: str) -> str:
+    """The cache key of one request: every field by name (its task among them); `namespace` holds the model and
+    code parts."""
+    fields = {"kind": kind, "namespace": namespace, "request": asdict(request)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()  # ASCII escapes: even lone surrogates hash
 
 
 # Libraries whose upgrade can change a response (attention kernels, tokenization, numerics).
@@ -44,14 +47,15 @@ _LIBRARIES = ("torch", "transformers", "tokenizers")
 
 
 def code_sources(model: Any) -> list[Path]:
-    """Every source file that can change a response: the backend's module, every model backend and loader
-    (models/*.py), request batching and prefix sharing, the request/result types, and this file's encoding."""
-    from icl_eval import batching, requests
+    """Every source file that can change a response: the backend's module, every model backend, loader, scorer
+    and generator (models/*.py), request batching and prefix sharing, the rolling windows, the request/result
+    types, and this file's encoding."""
+    from icl_eval import batching, requests, rolling
 
     package_models = Path(__file__).resolve().parent / "models"
     files = [Path(sys.modules[type(model).__module__].__file__).resolve()]
     files += sorted(package_models.glob("*.py"))
-    files += [Path(batching.__file__).resolve(), Path(requests.__file__).resolve(), Path(__file__).resolve()]
+    files += [Path(m.__file__).resolve() for m in (batching, rolling, requests)] + [Path(__file__).resolve()]
     return list(dict.fromkeys(files))
 
 
@@ -74,8 +78,8 @@ def code_version(model: Any) -> str:
     return f"{__version__}+{h.hexdigest()[:12]}"
 
 
-def namespace(model_fingerprint: str, task_hash: str, bos_policy: str, version: str) -> str:
-    return json.dumps({"model": model_fingerprint, "task": task_hash, "bos": bos_policy, "version": version}, sort_keys=True)
+def namespace(model_fingerprint: str, bos_policy: str, version: str) -> str:
+    return json.dumps({"model": model_fingerprint, "bos": bos_policy, "version": version}, sort_keys=True)
 
 
 def _writable(path: Path) -> bool:
@@ -199,7 +203,7 @@ class ResponseCache:
 
 
 def _encode(result: Any) -> str:
-    return json.dumps(asdict(result))
+    return json.dumps({k: v for k, v in asdict(result).items() if k != _NOT_STORED})
 
 
 def _field_value(value: Any, expected: Any) -> tuple[bool, Any]:
@@ -212,8 +216,9 @@ def _field_value(value: Any, expected: Any) -> tuple[bool, Any]:
 
 
 def _decode(kind: str, value: Any) -> Any | None:
-    """A stored result, or None when the row cannot be read as one (then it is recomputed and overwritten):
-    not JSON, not an object, unknown or missing fields, or a field of the wrong type ("1.5" for a float)."""
+    """A stored result, marked cached, or None when the row cannot be read as one (then it is recomputed and
+    overwritten): not JSON, not an object, unknown or missing fields, or a field of the wrong type ("1.5" for a
+    float)."""
     cls = _RESULT_TYPES[kind]
     try:
         data = json.loads(value)
@@ -222,6 +227,7 @@ def _decode(kind: str, value: Any) -> Any | None:
     if not isinstance(data, dict):
         return None
     types = typing.get_type_hints(cls)
+    types.pop(_NOT_STORED, None)  # never written: a row holding it is not one of ours
     checked = {}
     for name, v in data.items():
         if name not in types:
@@ -231,13 +237,7 @@ def _decode(kind: str, value: Any) -> Any | None:
             return None
     if any(f.name not in checked and f.default is MISSING and f.default_factory is MISSING for f in fields(cls)):  # a required field is absent
         return None
-    return cls(**checked)
-
-
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
+    return replace(cls(**checked), cached=True)
 
 
 class CachedModel:
@@ -245,6 +245,7 @@ class CachedModel:
 
     Rows are committed at the backend's batch boundaries (its progress callback), so after a kill the missing
     requests are exactly the unfinished batches, and a rerun plans the very same batches: bit-identical results.
+    Results read back carry cached=True: how many a task reused is the count of those.
     """
 
     def __init__(self, model: Any, cache: ResponseCache, fingerprint: str, bos_policy: str, version: str) -> None:
@@ -253,21 +254,13 @@ class CachedModel:
         self.fingerprint = fingerprint
         self.bos_policy = bos_policy
         self.version = version
-        self.task_hash = ""
-        self.stats = CacheStats()
         self._told_read_only = False
 
     def __getattr__(self, name: str) -> Any:  # max_length, count_tokens, name, ...: the backend's own
         return getattr(self.model, name)
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, Any]:
         return {**self.model.settings(), "cache": str(self.cache.path)}
-
-    def begin_task(self, task_hash: str) -> CacheStats:
-        """Called by the evaluator before a task's requests; returns fresh counters for that task and shot count."""
-        self.task_hash = task_hash
-        self.stats = CacheStats()
-        return self.stats
 
     def loglikelihood(self, requests, progress=None, on_result=None):
         return self._run("loglikelihood", self.model.loglikelihood, requests, progress, on_result)
@@ -275,8 +268,11 @@ class CachedModel:
     def generate(self, requests, progress=None, on_result=None):
         return self._run("generate", self.model.generate, requests, progress, on_result)
 
+    def loglikelihood_rolling(self, requests, progress=None, on_result=None):
+        return self._run("loglikelihood_rolling", self.model.loglikelihood_rolling, requests, progress, on_result)
+
     def _run(self, kind: str, compute: Callable, requests: Sequence, progress, on_result) -> list:
-        ns = namespace(self.fingerprint, self.task_hash, self.bos_policy, self.version)
+        ns = namespace(self.fingerprint, self.bos_policy, self.version)
         keys = [request_key(kind, r, ns) for r in requests]
         stored = self.cache.get_many(keys)
         results: list[Any] = [None] * len(requests)
@@ -285,8 +281,6 @@ class CachedModel:
                 results[i] = _decode(kind, stored[key])
         hit_ids = [i for i, r in enumerate(results) if r is not None]
         miss_ids = [i for i, r in enumerate(results) if r is None]
-        self.stats.hits += len(hit_ids)
-        self.stats.misses += len(miss_ids)
         for i in hit_ids:
             if on_result:
                 on_result(i, results[i])

@@ -72,7 +72,7 @@ class DataParallel:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.model, name)
 
-    def settings(self) -> dict:
+    def settings(self) -> dict[str, Any]:
         return {**self.model.settings(), "processes": self.size}
 
     def loglikelihood(self, requests, progress=None, on_result=None):
@@ -81,6 +81,10 @@ class DataParallel:
 
     def generate(self, requests, progress=None, on_result=None):
         return self._split("generate", requests, [str(i) for i in range(len(requests))], [len(r.context) + r.max_new_tokens for r in requests], progress, on_result)
+
+    def loglikelihood_rolling(self, requests, progress=None, on_result=None):
+        # By document: a document's windows stay in one process, which sums them in a fixed order.
+        return self._split("loglikelihood_rolling", requests, [str(i) for i in range(len(requests))], [len(r.text) for r in requests], progress, on_result)
 
     def _split(self, method: str, requests, keys, weights, progress, on_result):
         mine = shard(keys, weights, self.rank, self.size)

@@ -5,6 +5,9 @@ A document longer than the model's context is cut into windows, as lm-evaluation
 (BOS, else EOS) so the document's first token is predicted too, and every later window reads the full context
 length, so each token sees as many earlier tokens as the window leaves room for.
 
+The backend scores the windows (HFModel.loglikelihood_rolling, models/hf_scoring.py); this module holds the
+pure parts: the windows, the counts and the corpus metrics.
+
 The corpus metrics are ratios of sums over documents (log-likelihood over words, bytes or tokens), with a
 delta-method standard error, and they are computed in log space so a terrible model gives inf, not an error.
 """
@@ -19,8 +22,6 @@ from icl_eval.errors import IclEvalError
 from icl_eval.requests import RollingResult
 
 Window = tuple[list[int], list[int]]  # (context, continuation): the model reads context + continuation[:-1]
-Progress = Callable[[int, int], None]  # (documents finished, tokens forwarded) since the last call
-OnResult = Callable[[int, RollingResult], None]  # (document index, its result), as each document finishes
 
 _MAX_EXP = math.log(1.7976931348623157e308)  # math.exp above this raises OverflowError
 
@@ -161,70 +162,3 @@ def corpus_metrics(results: Sequence[RollingResult]) -> dict[str, tuple[float, f
     """Every metric over the documents whose scores are finite (flagged documents are left out, as elsewhere)."""
     items = [metric_items(r) for r in results if r.finite]
     return {name: fn([x[name] for x in items]) for name, fn in AGGREGATES.items()}
-
-
-# --- scoring with the HF backend -----------------------------------------------------------
-
-def rolling_loglikelihood(
-    model,
-    texts: Sequence[str],
-    stride: int | None = None,
-    progress: Progress | None = None,
-    on_result: OnResult | None = None,
-    word_counter: Callable[[str], int] = count_words,
-) -> list[RollingResult]:
-    """Each document's summed log-likelihood over rolling windows, with its word, byte and token counts.
-
-    `model` is an icl_eval.models.hf.HFModel (its tokenizer, prefix_id, max_length and batched scorer).
-    Windows of all documents are batched together; a document's result is reported when its last window
-    is scored. The document is tokenized without special tokens: the prefix token stands in for BOS.
-    """
-    from icl_eval.models.hf import Encoded  # late: the window and metric functions need no torch
-
-    texts = list(texts)
-    if model.prefix_id is None:
-        raise IclEvalError(f"{model.name}: its tokenizer has neither a BOS nor an EOS token; rolling log-likelihood needs one to predict a document's first token")
-    token_lists = model.tokenizer(texts, add_special_tokens=False, verbose=False).input_ids if texts else []
-    encoded: list = []
-    owner: list[int] = []  # window -> document
-    for d, ids in enumerate(token_lists):
-        for context, continuation in rolling_windows(ids, model.prefix_id, model.max_length, stride):
-            encoded.append(Encoded(context, continuation))
-            owner.append(d)
-    lengths = [len(e.context) + len(e.continuation) - 1 for e in encoded]
-    remaining = [0] * len(texts)
-    for d in owner:
-        remaining[d] += 1
-    scores: list[list[float]] = [[] for _ in texts]
-    finite = [True] * len(texts)
-    results: list[RollingResult | None] = [None] * len(texts)
-
-    def complete(d: int) -> None:
-        # fsum: the sum does not depend on the order in which batches finished (it refuses inf + -inf: plain sum)
-        total = math.fsum(scores[d]) if finite[d] else sum(scores[d])
-        results[d] = RollingResult(total, len(token_lists[d]), word_counter(texts[d]), count_bytes(texts[d]), finite[d])
-        if on_result:
-            on_result(d, results[d])
-
-    empty = [d for d in range(len(texts)) if remaining[d] == 0]
-    for d in empty:  # no tokens: nothing to score, log-likelihood 0
-        complete(d)
-    if progress and empty:
-        progress(len(empty), 0)
-
-    def finish(done: list[int], scored: list[tuple[float, bool, bool]]) -> None:
-        finished = 0
-        for i, (logprob, _greedy, ok) in zip(done, scored):
-            d = owner[i]
-            scores[d].append(logprob)
-            finite[d] = finite[d] and ok
-            remaining[d] -= 1
-            if remaining[d] == 0:
-                complete(d)
-                finished += 1
-        if progress:
-            progress(finished, sum(lengths[i] for i in done))
-
-    if encoded:
-        model._score_plain(list(range(len(encoded))), encoded, lengths, finish)
-    return results  # type: ignore[return-value]

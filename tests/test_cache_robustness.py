@@ -49,7 +49,6 @@ class _Model:
 def _cached(path: Path, inner: _Model | None = None) -> tuple[CachedModel, _Model]:
     inner = inner or _Model()
     model = CachedModel(inner, ResponseCache(path), "fp", "tokenizer", "0.0")
-    model.begin_task("t")
     return model, inner
 
 
@@ -111,6 +110,7 @@ BAD_LL = [
     {**GOOD_LL, "left_truncated": [1]},
     {k: v for k, v in GOOD_LL.items() if k != "n_tokens"},
     {**GOOD_LL, "extra": 1},
+    {**GOOD_LL, "cached": True},  # never stored: a row holding it was not written by this cache
     [-1.0, 1, 2, True],
     "-1.0",
     5,
@@ -126,7 +126,7 @@ def test_a_row_of_the_wrong_types_is_a_miss(stored, tmp_path):
         con.execute("UPDATE responses SET value = ?", (json.dumps(stored),))
     model, inner = _cached(path)
     (result,) = model.loglikelihood([LoglikelihoodRequest("a", " x")])
-    assert inner.calls == ["a"] and model.stats.misses == 1
+    assert inner.calls == ["a"] and not result.cached
     assert result == LoglikelihoodResult(-1.0, 1, 2, True)
     assert json.loads(sqlite3.connect(path).execute("SELECT value FROM responses").fetchone()[0]) == GOOD_LL  # overwritten
 
@@ -151,7 +151,7 @@ def test_ints_stored_for_floats_are_read_as_floats(tmp_path):
         con.execute("UPDATE responses SET value = ?", (json.dumps({**GOOD_LL, "loglikelihood": -3}),))
     model, inner = _cached(path)
     (result,) = model.loglikelihood([LoglikelihoodRequest("a", " x")])
-    assert inner.calls == [] and result.loglikelihood == -3.0 and isinstance(result.loglikelihood, float)
+    assert inner.calls == [] and result.cached and result.loglikelihood == -3.0 and isinstance(result.loglikelihood, float)
 
 
 # --- a cache that cannot be written ------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_a_read_only_cache_reuses_its_rows_and_computes_the_rest_without_storing
         model, inner = _cached(path)
         assert model.cache.read_only
         got = model.loglikelihood(REQS[:6])
-        assert inner.calls == [r.context for r in REQS[3:6]] and (model.stats.hits, model.stats.misses) == (3, 3)
+        assert inner.calls == [r.context for r in REQS[3:6]] and [r.cached for r in got] == [True] * 3 + [False] * 3
         assert [r.loglikelihood for r in got] == [-float(len(r.context)) for r in REQS[:6]]
         model.generate([GenerationRequest("q", ("\n",), 3)])  # more misses: still one note
         model.cache.close()
@@ -224,7 +224,10 @@ def test_a_read_only_cache_through_the_cli(tiny_checkpoint, tmp_path, monkeypatc
 
 # --- what the code version covers --------------------------------------------------------------------------------
 
-RESPONSE_CODE = ["models/hf.py", "models/fingerprint.py", "models/tiny.py", "models/__init__.py", "batching.py", "requests.py", "cache.py"]
+RESPONSE_CODE = [
+    "models/hf.py", "models/hf_scoring.py", "models/hf_generation.py", "models/fingerprint.py", "models/tiny.py", "models/__init__.py",
+    "batching.py", "rolling.py", "requests.py", "cache.py",
+]
 
 
 @pytest.mark.parametrize("relative", RESPONSE_CODE)

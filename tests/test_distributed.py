@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from icl_eval.cli import main
-from icl_eval.distributed import shard
+from icl_eval.distributed import DataParallel, shard
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,6 +25,30 @@ def test_shards_cover_everything_once_and_keep_contexts_together():
             assert all(j in p for j in range(len(keys)) if keys[j] == keys[i])
     assert parts == [shard(keys, weights, r, 3) for r in range(3)]  # every process computes the same split
     assert shard(keys, weights, 0, 1) == list(range(len(keys)))
+
+
+def test_data_parallel_adds_its_processes_to_the_settings_and_shards_documents_whole(monkeypatch):
+    from icl_eval.requests import RollingRequest, RollingResult
+
+    class Inner:
+        def settings(self):
+            return {"batch_size": 2}
+
+        def loglikelihood_rolling(self, requests, progress=None, on_result=None):
+            return [RollingResult(-float(len(r.text)), len(r.text), 1, len(r.text)) for r in requests]
+
+    def gather(out, mine):  # what the other of two ranks would send: the documents rank 0 did not take
+        rest = [i for i in range(len(docs)) if i not in mine[0]]
+        out[:] = [mine, (rest, [RollingResult(-float(len(docs[i].text)), len(docs[i].text), 1, len(docs[i].text)) for i in rest])]
+
+    import torch
+
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    docs = [RollingRequest("a" * n) for n in (5, 40, 7, 3)]
+    model = DataParallel(Inner(), 0, 2)
+    assert model.settings() == {"batch_size": 2, "processes": 2}
+    out = model.loglikelihood_rolling(docs)
+    assert [r.n_tokens for r in out] == [5, 40, 7, 3]
 
 
 def samples_of(run_dir: Path) -> dict[str, list[dict]]:

@@ -121,3 +121,61 @@ def test_generation_batch_invariance(tiny_gpt2_model, gpt2_tokenizer):
     one = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=1).generate(reqs)
     many = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4).generate(reqs)
     assert [o.text for o in one] == [o.text for o in many]
+
+
+def _oom_once(monkeypatch, hf) -> tuple[list[int], list[int]]:
+    """The decoder (under both the scoring and the generation forward) raises CUDA out of memory the first time
+    it sees more than one row, then works; returns (rows per successful forward, rows of the failed one)."""
+    decoder = hf.model.get_decoder()
+    real = decoder.forward
+    widths: list[int] = []
+    failed: list[int] = []
+
+    def flaky(*args, **kwargs):
+        ids = kwargs["input_ids"] if "input_ids" in kwargs else args[0]
+        if not failed and ids.shape[0] > 1:
+            failed.append(ids.shape[0])
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        widths.append(ids.shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", flaky)
+    return widths, failed
+
+
+GEN_REQUESTS = [GenerationRequest(p, ("\n",), 6) for p in ["a", "bb bb", "Q: 1+1?\nA:", "longer prompt " * 5]]
+
+
+@pytest.mark.parametrize("method", ["loglikelihood", "generate"])
+def test_an_oom_halves_the_batch_for_its_call_only(tiny_gpt2_model, gpt2_tokenizer, monkeypatch, method):
+    reqs = REQUESTS if method == "loglikelihood" else GEN_REQUESTS
+    rows = 8 if method == "loglikelihood" else 4  # every request fits one batch
+    expected = getattr(make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=rows), method)(reqs)
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=rows)
+    widths, failed = _oom_once(monkeypatch, hf)
+    reported = {}
+    got = getattr(hf, method)(reqs, on_result=lambda i, r: reported.setdefault(i, []).append(r))
+    assert failed == [len(reqs)] and max(widths) <= (len(reqs) + 1) // 2 and hf.max_rows == rows // 2  # the rest of the call: half
+    assert sorted(reported) == list(range(len(reqs))) and all(len(v) == 1 for v in reported.values())  # none lost, none twice
+    if method == "loglikelihood":
+        assert [r.loglikelihood for r in got] == pytest.approx([r.loglikelihood for r in expected], abs=1e-5)
+    else:
+        assert [r.text for r in got] == [r.text for r in expected]
+    widths.clear()
+    getattr(hf, method)(reqs)  # the next call (the next task) starts from the configured batch size again
+    assert max(widths) == len(reqs) and hf.max_rows == rows
+
+
+def test_describe_and_settings_are_the_results_blocks(tiny_gpt2_model, gpt2_tokenizer):
+    import json
+
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=3)
+    described = hf.describe()
+    assert list(described) == ["name", "path", "num_parameters", "dtype", "device", "fingerprint", "max_length"]
+    assert described == {
+        "name": "tiny", "path": "", "num_parameters": sum(p.numel() for p in tiny_gpt2_model.parameters()), "dtype": "float32",
+        "device": "cpu", "fingerprint": hf.fingerprint(), "max_length": 512,
+    }
+    assert hf.settings() == {"batch_size": 3, "bos_policy": "tokenizer", "bos": hf.bos_description}
+    assert make_hf_model(tiny_gpt2_model, gpt2_tokenizer).settings()["batch_size"] == "auto"
+    json.dumps([described, hf.settings()])  # both go into results.json as they are

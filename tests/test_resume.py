@@ -9,13 +9,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from icl_eval.cache import CachedModel, ResponseCache, default_path
 from icl_eval.cli import main
-from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult
+from icl_eval.requests import GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult, RollingRequest, RollingResult
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,26 +226,34 @@ class _CountingModel:
         progress(len(out), 1)
         return out
 
+    def loglikelihood_rolling(self, requests, progress=None, on_result=None):
+        out = [RollingResult(-float(len(r.text)) * (r.stride or 1), len(r.text), 1, len(r.text)) for r in requests]
+        for i, res in enumerate(out):
+            self.calls.append(requests[i].text)
+            on_result(i, res)
+        progress(len(out), 1)
+        return out
+
+    def settings(self):
+        return {"batch_size": 4, "bos_policy": "tokenizer", "bos": "tokenizer (adds no BOS)"}
+
 
 def test_wrapper_sends_only_misses_and_keeps_order(tmp_path):
     cache = ResponseCache(tmp_path / "c.sqlite")
     inner = _CountingModel()
     model = CachedModel(inner, cache, "fp", "tokenizer", "0.0")
     assert model.max_length == 100  # the backend's attributes show through
-    model.begin_task("t1")
-    reqs = [LoglikelihoodRequest(c, " x") for c in ("a", "bb", "ccc")]
+    reqs = [LoglikelihoodRequest(c, " x", "t1") for c in ("a", "bb", "ccc")]
     first = model.loglikelihood(reqs)
-    more = [LoglikelihoodRequest(c, " x") for c in ("dddd", "bb", "a", "nan")]
+    more = [LoglikelihoodRequest(c, " x", "t1") for c in ("dddd", "bb", "a", "nan")]
     seen: dict[int, LoglikelihoodResult] = {}
-    stats = model.begin_task("t1")
     second = model.loglikelihood(more, on_result=lambda i, r: seen.__setitem__(i, r))
     assert inner.calls == ["a", "bb", "ccc", "dddd", "nan"]
-    assert (stats.hits, stats.misses) == (2, 2)
-    assert second[1] == first[1] and second[2] == first[0] and second[0].loglikelihood == -4.0
+    assert [r.cached for r in first] == [False] * 3 and [r.cached for r in second] == [False, True, True, False]
+    assert second[1] == replace(first[1], cached=True) and second[2] == replace(first[0], cached=True) and second[0].loglikelihood == -4.0
     assert seen == dict(enumerate(second))
     assert second[3].finite is False and model.loglikelihood(more)[3].finite is False  # flags survive the round trip
-    model.begin_task("t2")  # another task config: nothing is shared
-    model.loglikelihood(reqs)
+    model.loglikelihood([replace(r, task="t2") for r in reqs])  # another task config: nothing is shared
     assert inner.calls[-3:] == ["a", "bb", "ccc"]
     gen = [GenerationRequest("q", ("\n",), 5), GenerationRequest("q", ("\n",), 6)]
     model.generate(gen)
@@ -252,31 +261,44 @@ def test_wrapper_sends_only_misses_and_keeps_order(tmp_path):
     assert inner.calls[-2:] == ["q", "q"]  # max_new_tokens is part of the key; the second call hit both
 
 
+def test_rolling_results_are_cached_per_document_stride_and_task(tmp_path):
+    path = tmp_path / "c.sqlite"
+    inner = _CountingModel()
+    model = CachedModel(inner, ResponseCache(path), "fp", "tokenizer", "0.0")
+    docs = [RollingRequest("one doc", None, "ptb"), RollingRequest("another", 4, "ptb")]
+    first = model.loglikelihood_rolling(docs)
+    seen: dict[int, RollingResult] = {}
+    again = model.loglikelihood_rolling(docs, on_result=seen.__setitem__)
+    assert inner.calls == ["one doc", "another"] and not any(r.cached for r in first)
+    assert again == [replace(r, cached=True) for r in first] and seen == dict(enumerate(again))
+    stored = [json.loads(v) for (v,) in sqlite3.connect(path).execute("SELECT value FROM responses WHERE kind = 'loglikelihood_rolling'")]
+    assert len(stored) == 2 and all("cached" not in row for row in stored)  # where a result came from is never stored
+    other = model.loglikelihood_rolling([replace(docs[0], stride=2), replace(docs[0], task="wikitext")])
+    assert inner.calls[2:] == ["one doc", "one doc"] and not any(r.cached for r in other)  # stride and task are in the key
+    assert model.settings() == {**inner.settings(), "cache": str(path)}
+
+
 def test_a_crash_keeps_finished_batches_and_drops_the_half_batch(tmp_path):
     path = tmp_path / "c.sqlite"
     reqs = [LoglikelihoodRequest(c, " x") for c in ("a", "bb", "ccc", "dddd", "eeeee")]
     model = CachedModel(_CountingModel(fail_after=1), ResponseCache(path), "fp", "tokenizer", "0.0")
-    model.begin_task("t")
     with pytest.raises(RuntimeError):
         model.loglikelihood(reqs)
     assert _count_rows(path) == 2  # the first batch only
     inner = _CountingModel()
     model = CachedModel(inner, ResponseCache(path), "fp", "tokenizer", "0.0")
-    stats = model.begin_task("t")
-    model.loglikelihood(reqs)
-    assert inner.calls == ["ccc", "dddd", "eeeee"] and (stats.hits, stats.misses) == (2, 3)
+    out = model.loglikelihood(reqs)
+    assert inner.calls == ["ccc", "dddd", "eeeee"] and [r.cached for r in out] == [True, True, False, False, False]
 
 
 def test_unreadable_row_is_recomputed_not_trusted(tmp_path):
     path = tmp_path / "c.sqlite"
     model = CachedModel(_CountingModel(), ResponseCache(path), "fp", "tokenizer", "0.0")
-    model.begin_task("t")
     model.loglikelihood([LoglikelihoodRequest("a", " x")])
     with sqlite3.connect(path) as con:
         con.execute("UPDATE responses SET value = ?", (json.dumps({"unexpected": 1}),))
     inner = _CountingModel()
     model = CachedModel(inner, ResponseCache(path), "fp", "tokenizer", "0.0")
-    model.begin_task("t")
     assert model.loglikelihood([LoglikelihoodRequest("a", " x")])[0].loglikelihood == -1.0 and inner.calls == ["a"]
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from conftest import make_hf_model
 from icl_eval.errors import IclEvalError
-from icl_eval.requests import LoglikelihoodRequest, RollingResult
+from icl_eval.models.hf_scoring import Scored
+from icl_eval.requests import LoglikelihoodRequest, RollingRequest, RollingResult
 from icl_eval.rolling import (
     bits_per_byte,
     byte_perplexity,
@@ -24,7 +25,6 @@ from icl_eval.rolling import (
     count_words_and_line_ends,
     metric_items,
     ratio_stderr,
-    rolling_loglikelihood,
     rolling_windows,
     token_perplexity,
     word_perplexity,
@@ -129,7 +129,7 @@ def small_context_model(tiny_gpt2_model, gpt2_tokenizer):
 @pytest.mark.parametrize("stride", [None, 32, 20, 1])
 def test_document_sums_equal_a_plain_window_by_window_forward(small_context_model, tiny_gpt2_model, gpt2_tokenizer, stride):
     m = small_context_model
-    results = rolling_loglikelihood(m, DOCS, stride=stride)
+    results = m.loglikelihood_rolling([RollingRequest(t, stride) for t in DOCS])
     for text, r in zip(DOCS, results):
         ids = gpt2_tokenizer(text, add_special_tokens=False).input_ids
         assert r.n_tokens == len(ids) and r.finite
@@ -139,9 +139,18 @@ def test_document_sums_equal_a_plain_window_by_window_forward(small_context_mode
     assert results[2] == RollingResult(0.0, 0, 1, 0, True)
 
 
+def test_each_request_keeps_its_own_stride_in_one_call(small_context_model):
+    reqs = [RollingRequest(DOCS[0], None), RollingRequest(DOCS[0], 20), RollingRequest(DOCS[0], 1), RollingRequest(DOCS[1], 5)]
+    together = small_context_model.loglikelihood_rolling(reqs)
+    alone = [small_context_model.loglikelihood_rolling([r])[0] for r in reqs]
+    assert [r.loglikelihood for r in together] == pytest.approx([r.loglikelihood for r in alone], abs=1e-5)
+    lls = [r.loglikelihood for r in together[:3]]
+    assert min(abs(a - b) for a, b in [(lls[0], lls[1]), (lls[1], lls[2]), (lls[0], lls[2])]) > 1e-3  # strides change the windows
+
+
 def test_one_window_equals_scoring_the_whole_document_as_a_continuation(tiny_gpt2_model, gpt2_tokenizer):
     m = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)  # context 512: every document fits one window
-    rolled = rolling_loglikelihood(m, DOCS[:2])
+    rolled = m.loglikelihood_rolling([RollingRequest(t) for t in DOCS[:2]])
     whole = m.loglikelihood([LoglikelihoodRequest("", t) for t in DOCS[:2]])
     for r, w in zip(rolled, whole):
         assert r.loglikelihood == pytest.approx(w.loglikelihood, abs=1e-4) and r.n_tokens == w.n_tokens
@@ -149,7 +158,7 @@ def test_one_window_equals_scoring_the_whole_document_as_a_continuation(tiny_gpt
 
 def test_progress_and_results_arrive_once_per_document(small_context_model, gpt2_tokenizer):
     seen, ticks = {}, []
-    out = rolling_loglikelihood(small_context_model, DOCS, on_result=seen.__setitem__, progress=lambda d, t: ticks.append((d, t)))
+    out = small_context_model.loglikelihood_rolling([RollingRequest(t) for t in DOCS], on_result=seen.__setitem__, progress=lambda d, t: ticks.append((d, t)))
     assert seen == dict(enumerate(out))
     assert sum(d for d, _ in ticks) == len(DOCS)
     read = [len(c) + len(t) - 1 for text in DOCS for c, t in rolling_windows(gpt2_tokenizer(text).input_ids, 0, 32)]
@@ -160,8 +169,8 @@ def test_a_window_with_nan_logits_flags_its_document(small_context_model, gpt2_t
     m = small_context_model
     second = rolling_windows(gpt2_tokenizer(DOCS[0]).input_ids, m.prefix_id, 32)[1]
     real = m._score_batch
-    monkeypatch.setattr(m, "_score_batch", lambda rows: [(math.nan, False, False) if (r.context, r.continuation) == second else s for r, s in zip(rows, real(rows))])
-    out = rolling_loglikelihood(m, [DOCS[0], DOCS[3]])
+    monkeypatch.setattr(m, "_score_batch", lambda rows: [Scored(math.nan, False, False) if (r.context, r.continuation) == second else s for r, s in zip(rows, real(rows))])
+    out = m.loglikelihood_rolling([RollingRequest(DOCS[0]), RollingRequest(DOCS[3])])
     assert [r.finite for r in out] == [False, True]
     assert corpus_metrics(out) == corpus_metrics(out[1:])
 
@@ -169,7 +178,7 @@ def test_a_window_with_nan_logits_flags_its_document(small_context_model, gpt2_t
 def test_a_tokenizer_without_bos_or_eos_is_one_clear_error(small_context_model, monkeypatch):
     monkeypatch.setattr(small_context_model, "prefix_id", None)
     with pytest.raises(IclEvalError, match="neither a BOS nor an EOS token"):
-        rolling_loglikelihood(small_context_model, ["text"])
+        small_context_model.loglikelihood_rolling([RollingRequest("text")])
 
 
 # --- counting and corpus metrics ---------------------------------------------------------------

@@ -1,0 +1,237 @@
+"""Greedy generation for the HF backend, continuously batched: a row leaves the batch the step it stops and a
+waiting row takes its place, so the batch stays full and finished rows cost nothing further.
+
+A mixin of HFModel (models/hf.py), which supplies the model, its tokenizer and encode(), the context window
+(max_length), the batch budget and the transformers-version details (_cache_arg, _cache_of).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from icl_eval.errors import IclEvalError
+from icl_eval.requests import GenerationRequest, GenerationResult, OnResult, Progress
+
+
+class Prompt(NamedTuple):
+    tokens: list[int]  # the prompt as the model reads it, left-truncated to leave room for the new tokens
+    left_truncated: bool
+
+
+class Decoded(NamedTuple):
+    raw: str  # everything decoded, stop sequence included
+    text: str  # cut before the first stop sequence
+    n_tokens: int
+
+
+@dataclass
+class Running:
+    """The rows decoding together: left-padded, so every row's next token sits in the last column."""
+
+    rows: list[int]  # request indices, one per batch row
+    cache: object  # the KV cache
+    mask: torch.Tensor  # attention mask, 0 over each row's left padding
+    last_pos: torch.Tensor  # each row's position of its last token (rows x 1)
+    next_tokens: torch.Tensor  # each row's token to feed next (rows)
+
+
+class GreedyGeneration:
+    def generate(
+        self, requests: Sequence[GenerationRequest], progress: Progress | None = None, on_result: OnResult | None = None
+    ) -> list[GenerationResult]:
+        """Greedy decoding of every request until a stop sequence, EOS or its max_new_tokens.
+
+        Out of memory (the backend's one strategy, batching.BatchBudget): the budget halves, rows in flight go
+        back to the queue and run again at the smaller width; finished rows are kept and reported once.
+        """
+        self.budget.reset()
+        prompts = []
+        for r in requests:
+            room = self.max_length - r.max_new_tokens
+            if room < 1:
+                raise IclEvalError(f"max_new_tokens {r.max_new_tokens} leaves no room for a prompt in the model's context ({self.max_length})")
+            ids = self.encode(r.context) or [self.prefix_id]
+            prompts.append(Prompt(ids[-room:], len(ids) > room))
+        lengths = [len(p.tokens) + r.max_new_tokens for p, r in zip(prompts, requests)]
+        results: list[GenerationResult | None] = [None] * len(requests)
+
+        def finish(i: int, out: Decoded) -> None:
+            results[i] = GenerationResult(out.raw, out.text, out.n_tokens, left_truncated=prompts[i].left_truncated)
+            if on_result:
+                on_result(i, results[i])
+            if progress:
+                progress(1, len(prompts[i].tokens) + out.n_tokens)
+
+        pending = deque(sorted(range(len(requests)), key=lambda i: -lengths[i]))  # longest first: OOM shows early
+        while pending:
+            capacity = self.budget.rows_for(lengths[pending[0]])
+            try:
+                self._generate_stream(pending, capacity, prompts, requests, finish)
+            except Exception as e:  # rows in flight went back to `pending`; finished rows are kept
+                self.budget.shrink_after_oom(e, capacity)
+        return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _generate_stream(
+        self, pending: deque, capacity: int, prompts: list[Prompt], requests: Sequence[GenerationRequest], finish: Callable[[int, Decoded], None]
+    ) -> None:
+        """Decode until `pending` is empty, at most `capacity` rows at a time; waiting rows join as others stop.
+
+        A joining group is prefilled on its own and its KV cache is padded on the left to the running batch's
+        width (or the batch's to its).
+        """
+        batch: Running | None = None
+        joining: list[int] = []  # rows taken from `pending` and not yet in the batch
+        decoders: dict[int, _StopDecoder] = {}
+        eos = self.tokenizer.eos_token_id
+        try:
+            while pending or batch:
+                free = capacity - (len(batch.rows) if batch else 0)
+                if pending and (batch is None or (free >= max(1, capacity // 4) and _plain_layers(batch.cache))):
+                    joining = [pending.popleft() for _ in range(min(free, len(pending)))]
+                    for i in joining:
+                        decoders[i] = _StopDecoder(self.tokenizer, requests[i].until, requests[i].max_new_tokens)
+                    new = self._prefill(joining, [prompts[i].tokens for i in joining])
+                    batch = new if batch is None else _joined(batch, new)
+                    joining = []
+                keep = [k for k, (i, tok) in enumerate(zip(batch.rows, batch.next_tokens.tolist())) if not decoders[i].push(tok, eos)]
+                for i in batch.rows:
+                    if decoders[i].done:
+                        finish(i, decoders.pop(i).result())
+                if len(keep) < len(batch.rows):
+                    if not keep:
+                        batch = None
+                        continue
+                    batch = self._select(batch, keep)
+                batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+                batch.last_pos = batch.last_pos + 1
+                self.tokens_forwarded += len(batch.rows)
+                out = self.model(
+                    input_ids=batch.next_tokens[:, None], attention_mask=batch.mask, position_ids=batch.last_pos, use_cache=True, **{self._cache_arg: batch.cache}
+                )
+                batch.next_tokens = out.logits[:, -1].argmax(-1)
+        except BaseException:
+            # Unfinished rows start again (a prefill that failed included); finished ones were reported.
+            pending.extendleft(reversed((batch.rows if batch else []) + joining))
+            raise
+
+    def _prefill(self, rows: list[int], prompts: list[list[int]]) -> Running:
+        """Left-padded prompts forwarded once: their cache, mask, last positions and first generated tokens."""
+        width = max(len(x) for x in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for b, x in enumerate(prompts):
+            ids[b, width - len(x) :] = torch.tensor(x)
+            mask[b, width - len(x) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.tokens_forwarded += sum(len(x) for x in prompts)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        return Running(rows, self._cache_of(out), mask, positions[:, -1:], out.logits[:, -1].argmax(-1))
+
+    def _select(self, batch: Running, keep: list[int]) -> Running:
+        """The batch without its finished rows, its left padding trimmed to what the remaining rows attend to."""
+        keep_t = torch.tensor(keep, device=self.device)
+        batch.cache.batch_select_indices(keep_t)
+        cache, mask = _trim_left_padding(batch.cache, batch.mask[keep_t])
+        return Running([batch.rows[k] for k in keep], cache, mask, batch.last_pos[keep_t], batch.next_tokens[keep_t])
+
+
+def _plain_layers(cache) -> bool:
+    """Joining a running batch needs plain per-layer key/value tensors (no sliding windows or quantized caches)."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+
+
+def _joined(batch: Running, other: Running) -> Running:
+    """Two left-padded batches as one (KV cache and attention mask): the narrower gets more padding on the left.
+
+    Each merged tensor is allocated once and both parts are copied into its right-aligned slices: widening
+    copies first would hold three versions of a layer at once, more than a decoding step's own concatenation.
+    """
+    width = max(batch.mask.shape[1], other.mask.shape[1])
+
+    def stacked(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+        shape = list(a.shape)
+        shape[0], shape[dim] = a.shape[0] + b.shape[0], width
+        out = a.new_zeros(shape)
+        out[: a.shape[0]].narrow(dim, width - a.shape[dim], a.shape[dim]).copy_(a)
+        out[a.shape[0] :].narrow(dim, width - b.shape[dim], b.shape[dim]).copy_(b)
+        return out
+
+    for layer, new in zip(batch.cache.layers, other.cache.layers):
+        layer.keys = stacked(layer.keys, new.keys, 2)
+        layer.values = stacked(layer.values, new.values, 2)
+    return Running(
+        batch.rows + other.rows, batch.cache, stacked(batch.mask, other.mask, 1),
+        torch.cat([batch.last_pos, other.last_pos]), torch.cat([batch.next_tokens, other.next_tokens]),
+    )
+
+
+def _trim_left_padding(cache, mask: torch.Tensor):
+    """Drop leading columns that no remaining row attends to, so a long-running batch does not keep growing."""
+    first = int(mask.any(0).nonzero()[0]) if mask.any() else 0
+    if first == 0 or not _plain_layers(cache):
+        return cache, mask
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+    return cache, mask[:, first:]
+
+
+class _StopDecoder:
+    """Detokenizes one row incrementally and watches for its stop sequences in the new text only."""
+
+    def __init__(self, tokenizer, until: Sequence[str], max_new_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.until = [u for u in until if u]
+        self.longest_stop = max((len(u) for u in self.until), default=0)
+        self.max_new_tokens = max_new_tokens
+        self.tokens: list[int] = []
+        self.text = ""
+        self._prefix = 0  # start of the decode window
+        self._read = 0  # tokens before this index are already in self.text
+        self._stop_at: int | None = None
+        self.done = max_new_tokens == 0
+
+    def push(self, token: int, eos: int | None) -> bool:
+        """Add one generated token; True when the row is finished."""
+        if self.done:
+            return True
+        if token == eos:
+            self.done = True
+            return True
+        self.tokens.append(token)
+        # Decode a short window and keep only what the new token added: decoding a lone suffix would drop
+        # SentencePiece's leading spaces, and a character split over tokens shows as U+FFFD until complete.
+        before = self._decode(self.tokens[self._prefix : self._read])
+        after = self._decode(self.tokens[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            searched_from = max(0, len(self.text) - self.longest_stop + 1)
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(self.tokens)
+            hits = [i for u in self.until if (i := self.text.find(u, searched_from)) >= 0]
+            if hits:
+                self._stop_at = min(hits)
+                self.done = True
+        if len(self.tokens) >= self.max_new_tokens:
+            self.done = True
+        return self.done
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def result(self) -> Decoded:
+        if self._read < len(self.tokens):
+            before = self._decode(self.tokens[self._prefix : self._read])
+            self.text += self._decode(self.tokens[self._prefix :])[len(before) :]
+            self._read = len(self.tokens)
+            hits = [i for u in self.until if (i := self.text.find(u)) >= 0]
+            if hits:
+                self._stop_at = min(hits)
+        text = self.text if self._stop_at is None else self.text[: self._stop_at]
+        return Decoded(self.text, text, len(self.tokens))
