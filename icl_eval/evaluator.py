@@ -278,7 +278,7 @@ def evaluate(
 def _settings_block(model: Model, prepared: list[PreparedTask], settings: Settings) -> dict[str, Any]:
     block: dict[str, Any] = {
         "tasks": [p.task.name for p in prepared], "shots": list(settings.shots), "seed": settings.seed, "limit": settings.limit,
-        "fewshot_mode": settings.fewshot_mode, "data_dir": settings.data_dir,
+        "fewshot_mode": settings.fewshot_mode, "data_dir": settings.data_dir, "processes": 1, "cache": None,
     }
     block.update(model.settings())  # the backend's and its wrappers': batch size, BOS policy, cache, processes
     return block

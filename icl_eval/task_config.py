@@ -196,12 +196,6 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         metrics = [metrics]
     _expect(metrics, list, path, "metrics")
 
-    for m in metrics:
-        if m not in METRICS:
-            raise IclEvalError(f"{path}: unknown metric '{m}'{_suggest(str(m), tuple(METRICS))}; known: {', '.join(sorted(METRICS))}")
-        if kw["output_type"] not in METRICS[m].output_types:
-            fits = sorted(n for n, x in METRICS.items() if kw["output_type"] in x.output_types)
-            raise IclEvalError(f"{path}: metric '{m}' does not apply to output_type {kw['output_type']}; use one of {', '.join(fits)}")
     kw["metrics"] = tuple(metrics)
     until = kw.get("until", ["\n"])
     if isinstance(until, str):
@@ -217,6 +211,12 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         _expect(kw["word_count"], str, path, "word_count")
     task = TaskConfig(**kw, path=path, prompts_dir=prompts_dir)
     kind.check(task)  # what the output type itself requires (multiple choice: choices and gold, ...)
+    for m in task.metrics:
+        if m not in METRICS:
+            raise IclEvalError(f"{path}: unknown metric '{m}'{_suggest(str(m), tuple(METRICS))}; known: {', '.join(sorted(METRICS))}")
+        if task.output_type not in METRICS[m].output_types:
+            fits = sorted(n for n, x in METRICS.items() if task.output_type in x.output_types)
+            raise IclEvalError(f"{path}: metric '{m}' does not apply to output_type {task.output_type}; use one of {', '.join(fits)}")
     return task
 
 

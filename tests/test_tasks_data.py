@@ -12,7 +12,7 @@ import pytest
 from icl_eval import data, generators
 from icl_eval.errors import IclEvalError
 from icl_eval.task_config import DataSource, parse_task
-from icl_eval.prompts import render
+from icl_eval.kinds import render
 
 BASE_MC = {"name": "mc", "output_type": "multiple_choice", "template": "multiple_choice.jinja", "choices": "choices", "gold": "gold", "metrics": ["acc"], "data": {"local": "x.jsonl"}}
 

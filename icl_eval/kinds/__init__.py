@@ -37,4 +37,9 @@ def kind_of(output_type: str, where: str = "") -> Kind:
         raise IclEvalError(f"{where}: 'output_type' must be one of {', '.join(kinds())}, got {output_type!r}{hint}") from None
 
 
-__all__ = ["BUILTIN", "Kind", "Prompt", "kind_of", "kinds"]
+def render(task, doc: dict, doc_id: int):
+    """One document as its task's kind renders it (an Example), before any demonstrations."""
+    return kind_of(task.output_type, task.path).example(task, doc, doc_id)
+
+
+__all__ = ["BUILTIN", "Kind", "Prompt", "kind_of", "kinds", "render"]

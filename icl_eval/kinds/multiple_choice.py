@@ -19,7 +19,7 @@ from icl_eval.task_config import TaskConfig
 
 
 def _needs_uncond(task: TaskConfig) -> bool:
-    return any(metrics.METRICS[m].needs_uncond for m in task.metrics)
+    return any(getattr(metrics.METRICS.get(m), "needs_uncond", False) for m in task.metrics)  # unknown names: task_config says so
 
 
 class MultipleChoice(Kind):
