@@ -18,14 +18,11 @@ from icl_eval.errors import IclEvalError
 PLUGIN_COMMANDS = ("icl_eval.compare.cli", "icl_eval.contamination.cli")
 
 
-def parse_shots(value: str) -> tuple[int, ...]:
-    try:
-        shots = tuple(int(s) for s in value.split(","))
-    except ValueError:
-        raise IclEvalError(f"--shots {value!r}: give non-negative integers separated by commas, e.g. --shots 0,1,32") from None
-    if not shots or any(k < 0 for k in shots):
-        raise IclEvalError(f"--shots {value!r}: shot counts must be >= 0, e.g. --shots 0,1,32")
-    return tuple(dict.fromkeys(shots))
+def parse_shots(value: str) -> tuple[int | str, ...]:
+    """Shot counts, and the word `fewshot` for each task's paper K (icl_eval.shotplan)."""
+    from icl_eval.shotplan import parse_shot_spec
+
+    return parse_shot_spec(value)
 
 
 def parse_batch_size(value: str) -> int | str:
@@ -68,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
     run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
-    run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
+    run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once); 'fewshot' is each task's GPT-3 paper K (its fewshot_k), e.g. 0,1,fewshot")
     run.add_argument(
         "--fewshot-mode", default="per_example", choices=FEWSHOT_MODES,
         help="per_example: the paper's fresh draw for every example (default); fixed: one seeded set per task and K, its prefix encoded once",
@@ -146,6 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval.models.hf import HFModel
     from icl_eval.prompts import load_template
     from icl_eval.provenance import environment
+    from icl_eval import shotplan
     from icl_eval.registry import load_tasks
     from icl_eval.results import RunResult, RunWriter, new_run_id, now
 
@@ -160,12 +158,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output == "":
         raise IclEvalError("--output '': give a folder, e.g. --output results (an empty one would write into the current folder)")
     validate_device(args.device)
-    tasks = load_tasks(args.tasks, args.include_path)
+    tasks = load_tasks(args.tasks, args.include_path, data_dir=args.data_dir)
+    planned = shotplan.plan(shots, tasks)  # `fewshot` becomes each task's K; tasks of different K run as groups
     for task in tasks:
         load_template(task)
     contamination = _load_contamination(args.contamination)
-    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
-    prepared = prepare_all(tasks, settings)  # data found and read, K within every pool, every document renders
+    settings = Settings(shots=tuple(shotplan.all_shots(planned)), seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
+    prepared = shotplan.prepare(planned, settings, prepare_all)  # data found and read, K within every pool, every document renders
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
         raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
@@ -174,9 +173,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Every process computes the same results; only the first writes them and prints.
     writer = RunWriter(args.output if rank == 0 else tempfile.mkdtemp(prefix="icl-eval-rank"), run_id)
     try:
-        for prep in prepared:
-            for k in shots:
-                writer.samples_path(prep.task.name, k)  # every samples file lands inside the run folder
+        for group_settings, preps in prepared:
+            for prep in preps:
+                for k in group_settings.shots:
+                    writer.samples_path(prep.task.name, k)  # every samples file lands inside the run folder
         model = HFModel.load(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
         cache = None if args.no_cache else ResponseCache(args.cache or default_path(args.output))  # after the model: a bad --model leaves no file
     except IclEvalError:
@@ -190,12 +190,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             "device": str(model.device), "fingerprint": model.fingerprint(), "max_length": model.max_length,
         },
         settings={
-            "tasks": [t.name for t in tasks], "shots": list(shots), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
+            "tasks": [t.name for t in tasks], "shots": shotplan.all_shots(planned), "seed": args.seed, "limit": args.limit, "batch_size": batch_size,
             "bos_policy": model.bos_policy, "bos": model.bos_description, "fewshot_mode": args.fewshot_mode, "processes": processes, "data_dir": args.data_dir or os.environ.get("ICL_EVAL_DATA_DIR"),
         },
         environment=environment(),
     )
     result.settings["cache"] = str(cache.path) if cache is not None else None
+    if len(planned) > 1 or shotplan.FEWSHOT in shots:
+        result.settings["shots_per_task"] = shotplan.per_task(planned)
     echo = print if rank == 0 else (lambda _: None)
     echo(f"model {model.name}: {model.num_parameters:,} parameters, {result.model['dtype']} on {model.device}, context {model.max_length}, BOS {model.bos_description}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
     if cache is not None:
@@ -205,7 +207,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Outside the cache: each process looks up and stores only its own shard, so no collective waits on cache state.
         model = distributed.DataParallel(model, rank, processes)
     try:
-        evaluate(model, prepared, settings, writer, result, echo=echo)
+        shotplan.evaluate(evaluate, model, prepared, writer, result, echo)
     except BaseException:
         _remove_if_empty(writer.dir)  # a run that wrote nothing leaves no folder; finished samples always stay
         raise
@@ -220,6 +222,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         share = " (this process's share)" if processes > 1 else ""
         print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed{share}")
     _print_table(result.records)
+    from icl_eval.paper.report import paper_lines  # the GPT-3 paper's numbers at the nearest size, where it has them
+    print("".join(f"{line}\n" for line in paper_lines(result.records, result.model["num_parameters"])), end="")
     for name, info in result.tasks.items():
         for k, counts in info["truncation"].items():
             if any(counts.values()):
@@ -243,21 +247,29 @@ def _load_contamination(path: str | None):
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from icl_eval.registry import discover
+    from icl_eval.registry import catalogue
 
+    found, groups = catalogue(args.include_path)
     rows = []
-    for name, t in sorted(discover(args.include_path).items()):
+    for name, t in sorted(found.items()):
         src = t.data.local or ""
         if t.data.hub:
             src += (" | " if src else "") + f"hub {t.data.hub}" + (f"/{t.data.hub_name}" if t.data.hub_name else "")
         if t.data.generator:
             src += (" | " if src else "") + f"generated ({t.data.generator})"
-        rows.append((name, t.output_type, ",".join(t.metrics), src))
-    header = ("task", "output", "metrics", "data (local path under --data-dir | hub | fallback)")
+        rows.append((name, t.output_type, ",".join(t.metrics), "" if t.fewshot_k is None else str(t.fewshot_k), src))
+    header = ("task", "output", "metrics", "fewshot K", "data (local path under --data-dir | hub | fallback)")
+    _print_columns(header, rows)
+    if groups:
+        print("\ngroups (--tasks NAME runs every task in it; 'fewshot K' is what --shots fewshot runs)")
+        _print_columns(("group", "tasks (or groups)"), [(g.name, ",".join(g.tasks)) for g in sorted(groups.values(), key=lambda g: g.name)])
+    return 0
+
+
+def _print_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return 0
 
 
 class _Unbounded:
