@@ -53,7 +53,9 @@ def with_paper(table: Table, columns: Sequence[Column]) -> Table:
 
 
 def _setting_text(setting: str, k: int | None) -> str:
-    return "few-shot" + (f" K={k}" if k else "") if setting == "few" else f"{setting}-shot"
+    if setting == "few":
+        return "few-shot" + (f" K={k}" if k else "")
+    return "0-shot" if setting == "zero" else "1-shot"
 
 
 def draw_paper_curves(ax, task: str, metric: str, shots: Sequence[int]) -> int:
