@@ -18,14 +18,11 @@ from icl_eval.errors import IclEvalError
 PLUGIN_COMMANDS = ("icl_eval.compare.cli", "icl_eval.contamination.cli")
 
 
-def parse_shots(value: str) -> tuple[int, ...]:
-    try:
-        shots = tuple(int(s) for s in value.split(","))
-    except ValueError:
-        raise IclEvalError(f"--shots {value!r}: give non-negative integers separated by commas, e.g. --shots 0,1,32") from None
-    if not shots or any(k < 0 for k in shots):
-        raise IclEvalError(f"--shots {value!r}: shot counts must be >= 0, e.g. --shots 0,1,32")
-    return tuple(dict.fromkeys(shots))
+def parse_shots(value: str) -> tuple[int | str, ...]:
+    """Shot counts, and the word `fewshot` for each task's paper K (icl_eval.shotplan)."""
+    from icl_eval.shotplan import parse_shot_spec
+
+    return parse_shot_spec(value)
 
 
 def parse_batch_size(value: str) -> int | str:
@@ -69,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
     run.add_argument("--backend", default="hf", help="hf: Hugging Face in-process (default), or an installed plugin's backend")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
-    run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once)")
+    run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once); 'fewshot' is each task's GPT-3 paper K (its fewshot_k), e.g. 0,1,fewshot")
     run.add_argument(
         "--fewshot-mode", default="per_example", choices=FEWSHOT_MODES,
         help="per_example: the paper's fresh draw for every example (default); fixed: one seeded set per task and K, its prefix encoded once",
@@ -154,8 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
     refuse_conflicting(args.no_cache, args.cache, args.output)
-    settings = Settings(shots=shots, seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
-    inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination)
+    settings = Settings(seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
+    inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination, shot_spec=shots)
     load_backend = backend_factory(args.backend)
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
@@ -166,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     writer = RunWriter(args.output if rank == 0 else tempfile.mkdtemp(prefix="icl-eval-rank"), run_id)
     try:
         for prep in inputs.prepared:
-            for k in shots:
+            for k in prep.shots:
                 writer.samples_path(prep.task.name, k)  # every samples file lands inside the run folder
         backend = load_backend(args.model, device=device, dtype=args.dtype, batch_size=batch_size, bos_policy=args.bos, trust_remote_code=args.trust_remote_code, device_map=args.device_map)
         # After the model: a bad --model leaves no cache file.
@@ -196,6 +193,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         counts = [c for info in result.tasks.values() for c in (info.cache or {}).values()]
         print(f"cache: {sum(c['hits'] for c in counts):,} responses reused, {sum(c['misses'] for c in counts):,} computed")
     _print_table(result.records)
+    from icl_eval.paper.report import paper_lines  # the GPT-3 paper's numbers at the nearest size, where it has them
+    print("".join(f"{line}\n" for line in paper_lines(result.records, result.model["num_parameters"])), end="")
     for name, info in result.tasks.items():
         for k, counts in info.truncation.items():
             if any(counts.values()):
@@ -211,10 +210,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from icl_eval.registry import discover
+    from icl_eval.registry import catalogue
 
+    found, groups = catalogue(args.include_path)
     rows = []
-    for name, t in sorted(discover(args.include_path).items()):
+    for name, t in sorted(found.items()):
         src = t.data.local or ""
         if t.data.hub:
             src += (" | " if src else "") + f"hub {t.data.hub}" + (f"/{t.data.hub_name}" if t.data.hub_name else "")
@@ -225,7 +225,6 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    return 0
 
 
 def _show_prompt(task, args: argparse.Namespace) -> None:

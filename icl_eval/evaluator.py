@@ -41,6 +41,7 @@ class PreparedTask:
     pool: list[dict]  # the demonstration pool
     same_split: bool  # the pool is the eval split itself, so the example must be excluded
     doc_ids: list[int]  # the documents evaluated (all, or the --limit subset)
+    shots: tuple[int, ...] = ()  # the shot counts this task runs at (--shots fewshot differs by task); () = the settings'
     _rendered: dict[tuple[bool, int], Example] = field(default_factory=dict)
 
     @property
@@ -67,7 +68,7 @@ def prepare(task: TaskConfig, settings: Settings) -> PreparedTask:
     return PreparedTask(task, docs, source, pool, task.fewshot is None, ids)
 
 
-def prepare_all(tasks: list[TaskConfig], settings: Settings) -> list[PreparedTask]:
+def prepare_all(tasks: list[TaskConfig], settings: Settings, shots_for: dict[str, tuple[int, ...]] | None = None) -> list[PreparedTask]:
     """Every task's data, checked as far as it can be without a model, so a bad input costs no load time.
 
     Data files found and readable, the few-shot pool large enough for the largest K, every evaluated
@@ -76,11 +77,13 @@ def prepare_all(tasks: list[TaskConfig], settings: Settings) -> list[PreparedTas
         raise IclEvalError(f"--fewshot-mode {settings.fewshot_mode}: choose one of {', '.join(fewshot.FEWSHOT_MODES)}")
     prepared = []
     for task in tasks:
+        shots = (shots_for or {}).get(task.name, settings.shots)
         most = kind_of(task.output_type, task.path).max_shots
-        if most is not None and max(settings.shots) > most:
-            raise IclEvalError(f"--shots {max(settings.shots)}: task '{task.name}' ({task.output_type}) takes at most {most} demonstrations; run it with --shots {most}")
+        if most is not None and max(shots) > most:
+            raise IclEvalError(f"--shots {max(shots)}: task '{task.name}' ({task.output_type}) takes at most {most} demonstrations; run it with --shots {most}")
         prep = prepare(task, settings)
-        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(settings.shots), len(prep.pool), prep.same_split)  # fail fast on K
+        prep.shots = tuple(shots)
+        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(shots), len(prep.pool), prep.same_split)  # fail fast on K
         for doc_id in prep.doc_ids:
             prep.example(doc_id)
         prepared.append(prep)
@@ -261,7 +264,7 @@ def evaluate(
         )
     for prep in prepared:
         info = result.tasks[prep.task.name]
-        for k in settings.shots:
+        for k in prep.shots or settings.shots:
             write = (lambda samples, name=prep.task.name, k=k: on_samples(name, k, samples)) if settings.log_samples and on_samples else None
             try:
                 run = score_task(prep, k, model, settings, write)
@@ -280,5 +283,7 @@ def _settings_block(model: Model, prepared: list[PreparedTask], settings: Settin
         "tasks": [p.task.name for p in prepared], "shots": list(settings.shots), "seed": settings.seed, "limit": settings.limit,
         "fewshot_mode": settings.fewshot_mode, "data_dir": settings.data_dir, "processes": 1, "cache": None,
     }
+    if any(p.shots and p.shots != settings.shots for p in prepared):  # --shots fewshot: each task's own K
+        block["shots_per_task"] = {p.task.name: list(p.shots or settings.shots) for p in prepared}
     block.update(model.settings())  # the backend's and its wrappers': batch size, BOS policy, cache, processes
     return block

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,19 +26,26 @@ class Inputs:
 
 def check_inputs(
     tasks: str, include_paths: list[str], settings: Settings, device: str, contamination: str | None = None,
+    shot_spec: tuple[int | str, ...] | None = None, echo: Callable[[str], None] = print,
 ) -> Inputs:
+    """`shot_spec`: shot counts and the word `fewshot` (each task's paper K); tasks of a group whose data is
+    missing are skipped with a line through `echo`."""
+    from icl_eval import shotplan
     from icl_eval.devices import validate_device
     from icl_eval.prompts import load_template
     from icl_eval.registry import load_tasks
 
     validate_device(device)
-    loaded = load_tasks(tasks, include_paths)
+    data_dir = settings.data_dir or os.environ.get("ICL_EVAL_DATA_DIR")
+    loaded = load_tasks(tasks, include_paths, data_dir=data_dir, on_skip=echo)
     for task in loaded:
         load_template(task)
     report = load_contamination(contamination)
-    data_dir = settings.data_dir or os.environ.get("ICL_EVAL_DATA_DIR")
-    settings = Settings(**{**settings.__dict__, "data_dir": data_dir})
-    return Inputs(prepare_all(loaded, settings), settings, report)
+    spec = shot_spec if shot_spec is not None else settings.shots
+    shots_for = {task.name: shotplan.task_shots(spec, task) for task in loaded}
+    every = tuple(dict.fromkeys(k for shots in shots_for.values() for k in shots))
+    settings = dataclasses.replace(settings, data_dir=data_dir, shots=every)
+    return Inputs(prepare_all(loaded, settings, shots_for), settings, report)
 
 
 def load_contamination(path: str | None) -> dict[str, Any] | None:

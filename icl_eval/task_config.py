@@ -89,6 +89,9 @@ class TaskConfig:
     contamination_fields: str | tuple[str, ...] = "both"
     prompts_dir: str = ""  # where `template` is looked up first
     origin: str = ""  # where the task was found: built-in, plugin DIST, --include-path DIR (shown by `icl-eval tasks`)
+    # The GPT-3 paper's few-shot K for this task (Table H.1): what `--shots fewshot` runs. It names a shot count,
+    # it changes no request of a given K, so it is not part of config_hash.
+    fewshot_k: int | None = None
 
     def config_hash(self) -> str:
         """A hash of everything that changes the requests the task makes (not where it was loaded from)."""
@@ -97,6 +100,7 @@ class TaskConfig:
         d.pop("prompts_dir")
         d.pop("origin")
         d.pop("contamination_fields")  # read only by `icl-eval contamination`, not by any request
+        d.pop("fewshot_k")  # which K to run, not how a K-shot request looks
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -202,6 +206,10 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
         until = [until]
     _expect(until, list, path, "until")
     kw["until"] = tuple(_expect(u, str, path, "until") for u in until)
+    if kw.get("fewshot_k") is not None:
+        _expect(kw["fewshot_k"], int, path, "fewshot_k")
+        if kw["fewshot_k"] < 1:
+            raise IclEvalError(f"{path}: 'fewshot_k' must be >= 1 (the paper's few-shot K, e.g. fewshot_k: 32), got {kw['fewshot_k']}")
     for key in ("max_new_tokens", "description_max_shots", "rolling_stride"):
         if kw.get(key) is not None:
             _expect(kw[key], int, path, key)
@@ -294,6 +302,50 @@ def read_yaml(path: Path) -> Any:
 def load_task_file(path: Path, prompts_dir: Path | None = None) -> TaskConfig:
     """Read one task YAML with the safe loader; syntax errors name the file and line."""
     raw = read_yaml(path)
+    if prompts_dir is None:
+        prompts_dir = path.parent.parent / "prompts" if (path.parent.parent / "prompts").is_dir() else path.parent
+    return parse_task(raw, str(path), str(prompts_dir))
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """A named list of tasks and groups (`--tasks NAME` runs them all); a file with a `group:` key defines one."""
+
+    name: str
+    tasks: tuple[str, ...]  # task or group names, in run order
+    description: str = ""
+    path: str = ""
+
+
+_GROUP_KEYS = {"group", "tasks", "description"}
+
+
+def is_group(raw: Any) -> bool:
+    return isinstance(raw, dict) and "group" in raw
+
+
+def parse_group(raw: Any, path: str) -> GroupConfig:
+    """Check a group file: `group: NAME`, `tasks: [names]` (tasks or other groups), optional `description`."""
+    _check_keys(raw, _GROUP_KEYS, f"{path} (a group file)")
+    name = _expect(raw["group"], str, path, "group")
+    if not NAME_PATTERN.fullmatch(name):
+        raise IclEvalError(f"{path}: 'group' {name!r} is not a valid group name: use {NAME_RULE}")
+    if "tasks" not in raw:
+        raise IclEvalError(f"{path}: a group file needs 'tasks', a list of task or group names, e.g. tasks: [arithmetic_2da, lambada]")
+    members = _expect(raw["tasks"], list, path, "tasks")
+    if not members:
+        raise IclEvalError(f"{path}: group '{name}' has an empty 'tasks' list; name at least one task or group")
+    for m in members:
+        _expect(m, str, path, "tasks[]")
+    description = _expect(raw.get("description", ""), str, path, "description")
+    return GroupConfig(name, tuple(dict.fromkeys(members)), description, path)
+
+
+def load_file(path: Path, prompts_dir: Path | None = None) -> TaskConfig | GroupConfig:
+    """A task file or a group file (one with a `group:` key), read once with the same safe reader."""
+    raw = read_yaml(path)
+    if is_group(raw):
+        return parse_group(raw, str(path))
     if prompts_dir is None:
         prompts_dir = path.parent.parent / "prompts" if (path.parent.parent / "prompts").is_dir() else path.parent
     return parse_task(raw, str(path), str(prompts_dir))

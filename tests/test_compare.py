@@ -252,18 +252,19 @@ def test_each_output_format(runs: Path, fmt: str, capsys) -> None:
     out = capsys.readouterr().out
     if fmt == "md":
         lines = out.splitlines()
-        assert lines[0] == "| task | metric | shots | zeta-small | mid-medium | alpha-large |"
+        # The last column is the GPT-3 paper's number at the size nearest the largest model (compare/reference.py).
+        assert lines[0] == "| task | metric | shots | zeta-small | mid-medium | alpha-large | GPT-3 at the nearest size, 1.3B (GPT-3 XL) |"
         assert lines[1].startswith("| --- | --- | ---: |")
-        assert re.search(r"\| \*\*0\.\d{4} ± 0\.\d{4}\*\* \(\+0\.\d{4}\\\*\) \|$", lines[2])
+        assert re.search(r"\| \*\*0\.\d{4} ± 0\.\d{4}\*\* \(\+0\.\d{4}\\\*\) \| [\d.]+ \|$", lines[2])
         assert "p < 0.05" in out
     elif fmt == "csv":
         frame = pd.read_csv(io.StringIO(out))
-        assert list(frame.columns) == ["task", "metric", "shots", "zeta-small", "mid-medium", "alpha-large"]
+        assert list(frame.columns) == ["task", "metric", "shots", "zeta-small", "mid-medium", "alpha-large", "GPT-3 at the nearest size, 1.3B (GPT-3 XL)"]
         assert len(frame) == 6 and frame["alpha-large"].str.contains(r"\(best\) \(\+").all()
     elif fmt == "html":
         assert out.startswith('<table class="compare">') and "<strong>" in out and "<th>alpha-large</th>" in out
     else:
-        assert out.startswith("\\begin{tabular}{llrrrr}") and "\\textbf{" in out and "$\\pm$" in out
+        assert out.startswith("\\begin{tabular}{llrrrrr}") and "\\textbf{" in out and "$\\pm$" in out
         assert "exact\\_match" in out and "\\end{tabular}" in out
 
 

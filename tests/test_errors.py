@@ -252,6 +252,31 @@ CASES += [
     ("openbookqa-key-not-a-choice", lambda d, c: _obqa_tsv(d, OBQA_HEADER + "1\tq\t(A) x (B) y\tq\tE\n"), ("test.tsv:2", "answer key 'E'")),
 ]
 
+# --- task groups and --shots fewshot (icl_eval/registry.py, task_config.py, shotplan.py) ---------------------------
+
+
+def _group_dir(d: Path, ckpt: Path, group_files: dict[str, str], *extra: str, tasks: str = "g") -> list[str]:
+    write_task(d)
+    for name, text in group_files.items():
+        (d / name).write_text(text)
+    return ["run", "--model", str(ckpt), "--tasks", tasks, "--include-path", str(d), "--data-dir", str(d), "--output", str(d / "out"), *extra]
+
+
+CASES += [
+    ("group-tasks-not-a-list", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntasks: t\n"}), ("g.yaml", "'tasks' must be list")),
+    ("group-unknown-key", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntask: [t]\n"}), ("g.yaml (a group file)", "unknown key 'task'", "did you mean 'tasks'")),
+    ("group-empty", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntasks: []\n"}), ("g.yaml", "empty 'tasks' list")),
+    ("group-yaml-syntax", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntasks: [t\n"}), ("g.yaml:", "YAML syntax error")),
+    ("group-loop", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntasks: [h]\n", "h.yaml": "group: h\ntasks: [t, g]\n"}), ("includes 'g'", "g -> h -> g", "remove the loop")),
+    ("group-named-like-a-task", lambda d, c: _group_dir(d, c, {"g.yaml": "group: t\ntasks: [arithmetic_2da]\n"}, tasks="t"), ("'t' names both a task and a group", "rename one")),
+    ("group-nothing-available", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntasks: [coqa, drop]\n"}), ("--tasks g", "no task of it is available")),
+    ("shots-fewshot-without-k", lambda d, c: run_task(d, c, "--shots", "0,fewshot"), ("--shots fewshot", "task 't'", "has no 'fewshot_k'", "fewshot_k: K")),
+    ("fewshot-k-zero", lambda d, c: run_task(d, c, task=TASK + "fewshot_k: 0\n"), ("t.yaml", "'fewshot_k' must be >= 1")),
+    ("fewshot-k-not-int", lambda d, c: run_task(d, c, task=TASK + "fewshot_k: many\n"), ("t.yaml", "'fewshot_k' must be int")),
+    ("fewshot-k-over-pool", lambda d, c: run_task(d, c, "--shots", "fewshot", task=TASK + "fewshot_k: 10\n"), ("--shots 10 is larger than the few-shot pool",)),
+]
+
+
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # nothing may land in the working folder

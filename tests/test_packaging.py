@@ -28,3 +28,9 @@ def test_wheel_ships_tasks_and_prompts(tmp_path):
     assert out.returncode == 0, out.stderr
     n, prompts = out.stdout.split()
     assert int(n) >= 12 and Path(prompts).is_relative_to(site)
+    # The GPT-3 paper's table (package data) and the task groups (tasks/groups/) ship too.
+    probe = "from icl_eval.paper import gpt3_rows; from icl_eval.registry import catalogue; import icl_eval.paper as p; print(len(gpt3_rows('lambada', 'acc')), len(catalogue()[1]), p.__file__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""})
+    assert out.returncode == 0, out.stderr
+    rows, groups, module = out.stdout.split()
+    assert int(rows) == 24 and int(groups) >= 7 and Path(module).is_relative_to(site)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from icl_eval import metrics
-from icl_eval.compare import formats, load, plots, report, table
+from icl_eval.compare import formats, load, plots, reference, report, table
 from icl_eval.compare.significance import Score, Significance, paired_bootstrap
 
 
@@ -80,7 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     records = table.select(loaded.records, args.tasks, args.metrics)
-    result = table.build_table(records, loaded.columns)
+    result = reference.with_paper(table.build_table(records, loaded.columns), loaded.columns)  # the GPT-3 paper's column
     if args.baseline:
         baseline = table.resolve_baseline(args.baseline, loaded.columns)
         tests = collect_tests(records, baseline, metrics.value, args.resamples, args.seed)

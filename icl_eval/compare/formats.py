@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from icl_eval.compare.table import ROW_KEYS, Table, cell_texts, footnotes
+from icl_eval.compare.table import MISSING, ROW_KEYS, Table, cell_texts, footnotes
 
 FORMATS = ("md", "csv", "html", "latex")
 # Best cells are wrapped in these before escaping, then swapped for the format's own emphasis,
@@ -18,10 +18,11 @@ _OPEN, _CLOSE = "\x00", "\x01"
 
 def _rows(table: Table, escape: Callable[[str], str], bold: tuple[str, str]) -> tuple[list[str], list[list[str]]]:
     cells = cell_texts(table, emphasise=lambda s: f"{_OPEN}{s}{_CLOSE}")
-    header = [escape(h) for h in ROW_KEYS + [str(c) for c in cells.columns]]
+    extra = [table.reference_label] if table.reference is not None else []
+    header = [escape(h) for h in ROW_KEYS + [str(c) for c in cells.columns] + extra]
     rows = []
     for key, row in cells.iterrows():
-        texts = [str(k) for k in key] + list(row)
+        texts = [str(k) for k in key] + list(row) + ([str(table.reference.get(key, MISSING))] if extra else [])
         rows.append([escape(t).replace(_OPEN, bold[0]).replace(_CLOSE, bold[1]) for t in texts])
     return header, rows
 

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from icl_eval.compare.load import Column
+from icl_eval.compare.reference import draw_paper_curves
 from icl_eval.formatting import number
 from icl_eval.metrics import METRICS, lower_is_better
 
@@ -121,6 +122,7 @@ def scaling_figure(
     fig, ax = _new_axes(f"{task}: {metric} vs model size", metric, "parameters (log scale)", log_y)
     for shots, group in rows.sort_values("params").groupby("shots"):
         _errorbar(ax, group["params"].to_numpy(dtype=float), group, f"{shots}-shot", log_y)
+    draw_paper_curves(ax, task, metric, sorted(set(rows["shots"])))  # the GPT-3 paper's sizes, where it has the task
     _chance(ax, metric, chance)
     ax.set_xscale("log")
     sizes = sorted(set(rows["params"]))

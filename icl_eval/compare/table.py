@@ -35,6 +35,11 @@ class Table:
     deltas: pd.DataFrame | None = None  # value minus the baseline's value
     tests: dict[tuple[RowKey, str], Significance] = field(default_factory=dict)
     bootstrap: tuple[int, int] | None = None  # (resamples, seed), for the footnote
+    # An extra text column after the models (the GPT-3 paper's numbers, compare/reference.py): outside `values`,
+    # so it never takes part in the best-cell marks or the baseline differences.
+    reference: pd.Series | None = None  # index ROW_KEYS tuples -> cell text
+    reference_label: str = ""
+    reference_note: str = ""
 
 
 def _check_known(kind: str, wanted: Sequence[str] | None, available: Sequence[str], flag: str) -> None:
@@ -136,6 +141,8 @@ def cell_texts(table: Table, emphasise: Callable[[str], str] = lambda s: s) -> p
 
 def footnotes(table: Table, best_marker: str) -> list[str]:
     notes = [f"Cells: value ± standard error. {best_marker.capitalize()}: best in its row (lowest for perplexity-like metrics)."]
+    if table.reference_note:
+        notes.append(table.reference_note)
     if table.baseline is None:
         return notes
     n_resamples, seed = table.bootstrap or (0, 0)
