@@ -220,8 +220,16 @@ def cmd_tasks(args: argparse.Namespace) -> int:
             src += (" | " if src else "") + f"hub {t.data.hub}" + (f"/{t.data.hub_name}" if t.data.hub_name else "")
         if t.data.generator:
             src += (" | " if src else "") + f"generated ({t.data.generator})"
-        rows.append((name, t.output_type, ",".join(t.metrics), t.origin, src))
-    header = ("task", "output", "metrics", "from", "data (local path under --data-dir | hub | fallback)")
+        rows.append((name, t.output_type, ",".join(t.metrics), "" if t.fewshot_k is None else str(t.fewshot_k), t.origin, src))
+    header = ("task", "output", "metrics", "fewshot K", "from", "data (local path under --data-dir | hub | fallback)")
+    _print_columns(header, rows)
+    if groups:
+        print("\ngroups (--tasks NAME runs every task in it; 'fewshot K' is what --shots fewshot runs)")
+        _print_columns(("group", "tasks (or groups)"), [(g.name, ",".join(g.tasks)) for g in sorted(groups.values(), key=lambda g: g.name)])
+    return 0
+
+
+def _print_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())

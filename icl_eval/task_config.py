@@ -208,8 +208,8 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
     kw["until"] = tuple(_expect(u, str, path, "until") for u in until)
     if kw.get("fewshot_k") is not None:
         _expect(kw["fewshot_k"], int, path, "fewshot_k")
-        if kw["fewshot_k"] < 1:
-            raise IclEvalError(f"{path}: 'fewshot_k' must be >= 1 (the paper's few-shot K, e.g. fewshot_k: 32), got {kw['fewshot_k']}")
+        if kw["fewshot_k"] < 0:  # 0: a zero-shot-only task (the paper's PTB)
+            raise IclEvalError(f"{path}: 'fewshot_k' must be >= 0 (the paper's few-shot K, e.g. fewshot_k: 32), got {kw['fewshot_k']}")
     for key in ("max_new_tokens", "description_max_shots", "rolling_stride"):
         if kw.get(key) is not None:
             _expect(kw[key], int, path, key)

@@ -271,7 +271,7 @@ CASES += [
     ("group-named-like-a-task", lambda d, c: _group_dir(d, c, {"g.yaml": "group: t\ntasks: [arithmetic_2da]\n"}, tasks="t"), ("'t' names both a task and a group", "rename one")),
     ("group-nothing-available", lambda d, c: _group_dir(d, c, {"g.yaml": "group: g\ntasks: [coqa, drop]\n"}), ("--tasks g", "no task of it is available")),
     ("shots-fewshot-without-k", lambda d, c: run_task(d, c, "--shots", "0,fewshot"), ("--shots fewshot", "task 't'", "has no 'fewshot_k'", "fewshot_k: K")),
-    ("fewshot-k-zero", lambda d, c: run_task(d, c, task=TASK + "fewshot_k: 0\n"), ("t.yaml", "'fewshot_k' must be >= 1")),
+    ("fewshot-k-negative", lambda d, c: run_task(d, c, task=TASK + "fewshot_k: -1\n"), ("t.yaml", "'fewshot_k' must be >= 0")),
     ("fewshot-k-not-int", lambda d, c: run_task(d, c, task=TASK + "fewshot_k: many\n"), ("t.yaml", "'fewshot_k' must be int")),
     ("fewshot-k-over-pool", lambda d, c: run_task(d, c, "--shots", "fewshot", task=TASK + "fewshot_k: 10\n"), ("--shots 10 is larger than the few-shot pool",)),
 ]
