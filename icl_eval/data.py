@@ -17,6 +17,7 @@ from typing import IO
 
 from icl_eval.errors import IclEvalError
 from icl_eval.formats import FORMATS
+from icl_eval.formats_rc import HUB_LAYOUTS, RC_FORMATS
 from icl_eval.hub import hub_reachable
 from icl_eval.task_config import DataSource, TaskConfig
 
@@ -185,6 +186,7 @@ READERS: dict[str, Callable[[Path, DataSource], Iterator[Doc]]] = {
     "jsonl": _json_reader(read_jsonl), "json": _json_reader(read_json), "parquet": read_parquet,
     "tsv": read_tsv, "csv": read_csv, "records": read_records, "parallel": read_parallel, "text": read_text,
     **{name: _json_reader(fn) for name, fn in FORMATS.items()},  # release-specific layouts (icl_eval/formats.py)
+    **{name: _json_reader(fn) for name, fn in RC_FORMATS.items()},  # reading comprehension (icl_eval/formats_rc.py)
 }
 
 
@@ -287,7 +289,10 @@ def read_hub(src: DataSource) -> list[Doc]:
     import datasets
 
     ds = datasets.load_dataset(src.hub, src.hub_name, split=src.hub_split)
-    return map_fields([dict(row) for row in ds], src.hub_fields, f"hub:{src.hub} (data.hub_fields)")
+    rows = [dict(row) for row in ds]
+    if src.format in HUB_LAYOUTS:  # a row per dialogue: one document per question, as the local reader gives
+        rows = HUB_LAYOUTS[src.format](rows, f"hub:{src.hub}")
+    return map_fields(rows, src.hub_fields, f"hub:{src.hub} (data.hub_fields)")
 
 
 def _local_exists(path: Path) -> bool:

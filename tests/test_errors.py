@@ -647,3 +647,40 @@ def test_a_user_task_may_shadow_a_builtin(tmp_path):
 
     write_task(tmp_path, task=TASK.replace("name: t", "name: lambada"))
     assert discover([str(tmp_path)])["lambada"].path == str(tmp_path / "t.yaml")
+
+
+# --- reading comprehension: the official CoQA / DROP / QuAC / SQuAD v2 layouts (icl_eval/formats_rc.py) ----------
+def _rc_file(d: Path, task: str, rel: str, content: object | str) -> list[str]:
+    (d / rel).parent.mkdir(parents=True)
+    (d / rel).write_text(content if isinstance(content, str) else json.dumps(content))
+    return ["prompt", task, "--data-dir", str(d)]
+
+
+_COQA = "coqa/coqa-dev-v1.0.json"
+_SQUAD = "squad_v2/dev-v2.0.json"
+RC_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("coqa-not-json", lambda d, c: _rc_file(d, "coqa", _COQA, '{"data": [\n{"story": '), ("coqa-dev-v1.0.json:2", "not valid JSON", "re-download")),
+    ("coqa-no-data", lambda d, c: _rc_file(d, "coqa", _COQA, {"version": "1.0"}), ("coqa-dev-v1.0.json", "missing field 'data'", "official layout")),
+    ("coqa-story-missing", lambda d, c: _rc_file(d, "coqa", _COQA, {"data": [{"id": "s", "questions": [], "answers": []}]}),
+     ("coqa-dev-v1.0.json: data[0]", "missing field 'story'")),
+    ("coqa-turns-differ", lambda d, c: _rc_file(d, "coqa", _COQA, {"data": [{"id": "s", "story": "x", "questions": [{"input_text": "q?", "turn_id": 1}], "answers": []}]}),
+     ("coqa-dev-v1.0.json: data[0]", "turn_ids", "differ")),
+    ("coqa-answer-text-not-a-string", lambda d, c: _rc_file(d, "coqa", _COQA, {"data": [{"id": "s", "story": "x", "questions": [{"input_text": "q?"}], "answers": [{"input_text": 3}]}]}),
+     ("data[0].answers[0].input_text", "expected str, got int")),
+    ("drop-not-keyed-by-passage", lambda d, c: _rc_file(d, "drop", "drop/drop_dataset_dev.json", [{"passage": "p"}]),
+     ("drop_dataset_dev.json", "keyed by passage id", "got list")),
+    ("drop-answer-missing", lambda d, c: _rc_file(d, "drop", "drop/drop_dataset_dev.json", {"p1": {"passage": "p", "qa_pairs": [{"question": "q?", "query_id": "1"}]}}),
+     ("drop_dataset_dev.json: p1.qa_pairs[0]", "missing field 'answer'")),
+    ("quac-orig-answer-missing", lambda d, c: _rc_file(d, "quac", "quac/val_v0.2.json", {"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [{"question": "q?", "answers": []}]}]}]}),
+     ("val_v0.2.json: data[0].paragraphs[0].qas[0]", "missing field 'orig_answer'")),
+    ("squad-paragraphs-not-a-list", lambda d, c: _rc_file(d, "squad_v2", _SQUAD, {"data": [{"title": "T", "paragraphs": {"context": "c"}}]}),
+     ("dev-v2.0.json: data[0].paragraphs", "expected list, got dict")),
+    ("squad-answerable-without-answers", lambda d, c: _rc_file(d, "squad_v2", _SQUAD, {"data": [{"title": "T", "paragraphs": [{"context": "c", "qas": [{"question": "q?", "id": "1", "answers": [], "is_impossible": False}]}]}]}),
+     ("dev-v2.0.json: data[0].paragraphs[0].qas[0]", "is_impossible is false")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in RC_CASES], ids=[c[0] for c in RC_CASES])
+def test_reading_comprehension_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("icl_eval.data.hub_reachable", lambda: False)  # a bad local file must never fall through to the hub
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
