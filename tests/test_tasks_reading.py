@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from icl_eval.cli import _Unbounded, main
+from icl_eval.cli import main
+from icl_eval.evaluator import NoContextLimit
 from icl_eval.evaluator import Settings, build_prompt, prepare
 from icl_eval.registry import builtin_dir, load_task
 
@@ -231,7 +232,7 @@ def test_figures_render_as_printed(tmp_path):
                      "Q: When did the Luftwaffe fly inland missions?\n\nA:", " only on moonlit nights"),
     }
     for task, (index, context, target) in figures.items():
-        p = build_prompt(prepare(load_task(task), Settings(data_dir=str(root))), index, 0, 1234, _Unbounded())
+        p = build_prompt(prepare(load_task(task), Settings(data_dir=str(root))), index, 0, 1234, NoContextLimit())
         assert (p.context, p.target) == (context, target), task
 
 
@@ -321,7 +322,7 @@ def test_hub_rows_give_the_local_prompts(task, rc_data, tmp_path, monkeypatch):
     assert len(hub.docs) == len(local.docs)
     for index in range(len(local.docs)):
         for shots in (0, 1, 3):
-            h, l = (build_prompt(p, index, shots, 1234, _Unbounded()) for p in (hub, local))
+            h, l = (build_prompt(p, index, shots, 1234, NoContextLimit()) for p in (hub, local))
             assert (h.context, h.target) == (l.context, l.target), (index, shots)
     if task in ("coqa", "squad_v2"):  # the same accepted answers too (CoQA's hub copy lacks the additional answers)
         refs = [set(hub.example(i).references) <= set(local.example(i).references) for i in range(len(local.docs))]
