@@ -43,10 +43,23 @@ class PreparedTask:
     doc_ids: list[int]  # the documents evaluated (all, or the --limit subset)
     shots: tuple[int, ...] = ()  # the shot counts this task runs at (--shots fewshot differs by task); () = the settings'
     _rendered: dict[tuple[bool, int], Example] = field(default_factory=dict)
+    _groups: dict[Any, set[int]] | None = None
 
     @property
     def kind(self) -> Kind:
         return kind_of(self.task.output_type, self.task.path)
+
+    def same_group(self, doc_id: int) -> frozenset[int]:
+        """The eval documents that share `doc_id`'s `fewshot_group` field (one CoQA story, one QuAC dialogue):
+        never its demonstrations, since their turns hold its question and answer."""
+        field_name = self.task.fewshot_group
+        if field_name is None or not self.same_split:
+            return frozenset()
+        if self._groups is None:
+            self._groups = {}
+            for i, doc in enumerate(self.docs):
+                self._groups.setdefault(doc.get(field_name), set()).add(i)
+        return frozenset(self._groups.get(self.docs[doc_id].get(field_name), ()))
 
     def example(self, doc_id: int, from_pool: bool = False) -> Example:
         key = (from_pool and not self.same_split, doc_id)
@@ -83,7 +96,7 @@ def prepare_all(tasks: list[TaskConfig], settings: Settings, shots_for: dict[str
             raise IclEvalError(f"--shots {max(shots)}: task '{task.name}' ({task.output_type}) takes at most {most} demonstrations; run it with --shots {most}")
         prep = prepare(task, settings)
         prep.shots = tuple(shots)
-        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(shots), len(prep.pool), prep.same_split)  # fail fast on K
+        fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(shots), len(prep.pool), prep.same_split, prep.same_group(prep.doc_ids[0]))  # fail fast on K
         for doc_id in prep.doc_ids:
             prep.example(doc_id)
         prepared.append(prep)
@@ -111,7 +124,7 @@ def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Mode
     """The prompt for one example at K shots; whole demonstrations drop from the front until it fits."""
     task, kind = prep.task, prep.kind
     draw = fewshot.draw_fixed if fewshot_mode == "fixed" else fewshot.draw
-    ids = draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split)
+    ids = draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split, prep.same_group(doc_id))
     query = prep.example(doc_id)
     demos = [prep.example(i, from_pool=True) for i in ids]
     description = description_for(task, k)

@@ -64,6 +64,9 @@ class TaskConfig:
     description: str = ""  # natural-language task description, prepended once to the prompt
     description_max_shots: int | None = None  # the paper dropped the description for few-shot in some tasks
     fewshot: DataSource | None = None  # the demonstration pool; None = the eval split minus the example
+    # A document field: demonstrations never come from eval documents that share the example's value (a CoQA
+    # story, a QuAC dialogue), whose other turns would show its question and answer.
+    fewshot_group: str | None = None
     fewshot_delimiter: str = "\n\n"  # between demonstrations, and between the last one and the query
     target_delimiter: str = " "  # between an input and its target
     until: tuple[str, ...] = ("\n",)  # stop sequences for generation
@@ -174,7 +177,7 @@ def parse_task(raw: Any, path: str, prompts_dir: str = "") -> TaskConfig:
     kw = dict(raw)
     if isinstance(kw["name"], str) and not NAME_PATTERN.fullmatch(kw["name"]):
         raise IclEvalError(f"{path}: 'name' {kw['name']!r} is not a valid task name: use {NAME_RULE} (it names the samples files)")
-    for key in ("name", "template", "family", "description", "fewshot_delimiter", "target_delimiter", "contamination_fields",
+    for key in ("name", "template", "family", "description", "fewshot_delimiter", "target_delimiter", "fewshot_group", "contamination_fields",
                 "references", "normalizer", "choices", "gold", "scoring", "uncond_context"):
         if key in kw and (kw[key] is not None or key not in ("references", "choices", "gold")):
             _expect(kw[key], str, path, key)

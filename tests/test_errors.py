@@ -277,10 +277,8 @@ CASES += [
 ]
 
 
-@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
-    argv = make_argv(tmp_path, tiny_checkpoint)
+def _fails_in_one_line(argv: list[str], needles, capsys) -> None:
+    """Exit code 2 and exactly one `icl-eval: error:` line holding every needle; no traceback anywhere."""
     capsys.readouterr()
     assert main(argv) == 2
     captured = capsys.readouterr()
@@ -290,6 +288,12 @@ def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_pa
     assert "Traceback" not in err and "Traceback" not in captured.out
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working folder
+    _fails_in_one_line(make_argv(tmp_path, tiny_checkpoint), needles, capsys)
     assert not (tmp_path / "pwned").exists()
     runs = [p for p in (tmp_path / "out").glob("*") if p.name != ".cache"]
     assert not runs, f"a failed run left folders behind: {runs}"
@@ -472,16 +476,7 @@ def test_contamination_bad_input_is_one_clear_line(make_argv, needles, tiny_chec
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(HFModel, "load", classmethod(lambda cls, *a, **k: pytest.fail("the model loaded before the bad input was refused")))
-    argv = make_argv(tmp_path, tiny_checkpoint)
-    capsys.readouterr()
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    lines = [line for line in err.splitlines() if line.startswith("icl-eval")]
-    assert len(lines) == 1 and lines[0].startswith("icl-eval: error: "), err
-    assert "Traceback" not in err and "Traceback" not in captured.out
-    for needle in needles:
-        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    _fails_in_one_line(make_argv(tmp_path, tiny_checkpoint), needles, capsys)
     assert not (tmp_path / "out" / "contamination.json").exists()
 
 

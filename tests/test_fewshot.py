@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from icl_eval import fewshot
@@ -59,3 +61,28 @@ def test_demonstrations_do_not_depend_on_limit(tiny_gpt2_model, gpt2_tokenizer, 
     common = set(small.doc_ids) & set(big.doc_ids) or {small.doc_ids[0]}
     for d in common:
         assert build_prompt(small, d, 4, 7, hf) == build_prompt(big, d, 4, 7, hf)
+
+
+def test_demonstrations_never_come_from_the_examples_own_group(tmp_path):
+    """CoQA-style data: the turns of one story are documents of one group; no demonstration of a turn may be another
+    turn of its story (a later turn's history holds the question and its answer)."""
+    import json
+
+    from icl_eval.evaluator import NoContextLimit, Settings, build_prompt, prepare
+    from icl_eval.registry import load_task
+
+    (tmp_path / "t.yaml").write_text(
+        "name: t\noutput_type: generate\ntemplate: t.jinja\nmetrics: [exact_match]\nfewshot_group: story\ndata:\n  local: t.jsonl\n"
+    )
+    (tmp_path / "t.jinja").write_text("{% block input %}{{ q }}{% endblock %}{% block target %}{{ a }}{% endblock %}")
+    docs = [{"story": s, "q": f"q{s}.{t}", "a": f"a{s}.{t}"} for s in range(6) for t in range(5)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    task = load_task(str(tmp_path / "t.yaml"))
+    prep = prepare(task, Settings(shots=(8,), data_dir=str(tmp_path)))
+    for doc_id in range(len(docs)):
+        p = build_prompt(prep, doc_id, 8, 1234, NoContextLimit())
+        assert len(p.fewshot_ids) == 8
+        assert all(docs[i]["story"] != docs[doc_id]["story"] for i in p.fewshot_ids), doc_id
+    # Without the key the same draw may pick the story's own turns (which is why the key exists).
+    plain = prepare(dataclasses.replace(task, fewshot_group=None), Settings(shots=(8,), data_dir=str(tmp_path)))
+    assert any(docs[i]["story"] == docs[d]["story"] for d in range(len(docs)) for i in build_prompt(plain, d, 8, 1234, NoContextLimit()).fewshot_ids)

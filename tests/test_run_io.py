@@ -23,14 +23,7 @@ from icl_eval.results import RunWriter, atomic_write
 from fakes import ScriptedModel
 from tasks_inline_data import write_inline_data
 
-TASK = """name: t
-output_type: loglikelihood
-template: t.jinja
-metrics: [acc]
-data:
-  local: t.jsonl
-"""
-TEMPLATE = "{% block input %}Q: {{ q }}{% endblock %}{% block target %}{{ a }}{% endblock %}"
+from test_errors import TASK, TEMPLATE
 
 
 def write_task(d: Path, n_docs: int = 5) -> Path:

@@ -56,6 +56,10 @@ QUAC = {"data": [
                               "orig_answer": {"text": "London", "answer_start": 16}},
                              {"question": "what did she study?", "id": "d2#1", "answers": [{"text": "mathematics", "answer_start": 44}],
                               "orig_answer": {"text": "She studied mathematics.", "answer_start": 32}}]}]},
+    {"title": "Alan Turing", "section_title": "Education",
+     "paragraphs": [{"id": "d3", "context": "Turing studied at King's College. CANNOTANSWER",
+                     "qas": [{"question": "where did he study?", "id": "d3#0", "answers": [{"text": "King's College", "answer_start": 18}],
+                              "orig_answer": {"text": "King's College", "answer_start": 18}}]}]},
 ]}
 
 DROP = {
@@ -180,11 +184,14 @@ def test_prompt_command_is_the_papers_format(task, shots, rc_data, capsys):
     index = 2  # a later turn of the first dialogue: its history is shown
     ids, context, target = _run_prompt(task, shots, index, rc_data, capsys)
     assert len(ids) == shots and index not in ids
+    prep = prepare(load_task(task), Settings(data_dir=str(rc_data)))
+    if prep.task.fewshot_group:  # CoQA, QuAC: never a turn of the same story or dialogue
+        group = prep.task.fewshot_group
+        assert all(prep.docs[i][group] != prep.docs[index][group] for i in ids)
     demos = "".join(f"{expected[i][0]} {expected[i][1]}\n\n" for i in ids)
     assert context == demos + expected[index][0]
     assert target == " " + expected[index][1]
     # The scored references: every accepted answer of the question.
-    prep = prepare(load_task(task), Settings(data_dir=str(rc_data)))
     assert len(prep.docs) == len(expected)
     assert [list(prep.example(i).references) for i in range(len(expected))] == [e[2] for e in expected]
 
@@ -254,7 +261,7 @@ def test_quac_history_strips_the_paragraph_marker_and_keeps_cannotanswer(rc_data
     from icl_eval.formats_rc import read_quac
 
     docs = read_quac(rc_data / "quac/val_v0.2.json")
-    assert [len(d["history"]) for d in docs] == [0, 1, 2, 0, 1]
+    assert [len(d["history"]) for d in docs] == [0, 1, 2, 0, 1, 0]
     assert all("CANNOTANSWER" not in d["context"] for d in docs)
     assert docs[2]["answer"] == "CANNOTANSWER" and docs[2]["answers"] == ["CANNOTANSWER"]
     # The history shows the teacher's reply (orig_answer); the references add the other annotators' answers.

@@ -237,10 +237,8 @@ def chance_levels(columns: Sequence[Column], tasks: Iterable[str] | None = None)
         for run in column.runs:
             reader = RunReader(run.path)
             for task in dict.fromkeys(rec.task for rec in run.records):
-                info = run.tasks.get(task)
-                # Older results.json files lack output_type: their sample logs decide (candidates or not).
-                multiple_choice = info is None or info.output_type in (None, "multiple_choice")
-                if task in levels or not multiple_choice or (wanted is not None and task not in wanted):
+                # The sample logs decide: a task whose examples carry candidates has a chance level.
+                if task in levels or (wanted is not None and task not in wanted):
                     continue
                 shots = sorted({rec.shots for rec in run.records if rec.task == task})
                 logged = next((k for k in shots if reader.has_samples(task, k)), None)
