@@ -39,6 +39,7 @@ class Stub:
         self.bos, self.refuse_zero, self.tokenize, self.max_model_len, self.key = bos, refuse_zero, tokenize, max_model_len, key
         self.faults: list[str] = []  # consumed one per /v1/completions request
         self.dead_after: int | None = None  # completions answered before every later one is dropped
+        self.started = 0
         self.prompts: list[str] = []  # every completions prompt answered
         self.lock = threading.Lock()
         self.bos_text = tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id)
@@ -136,9 +137,12 @@ def _handler(stub: Stub):
                 return self._send(200, {"count": len(ids), "tokens": ids, "max_model_len": stub.max_model_len})
             if self.path != "/v1/completions":
                 return self._send(404, {"error": {"message": "Not Found"}})
+            if body.get("max_tokens") == 0 and stub.refuse_zero:  # vLLM: "max_tokens must be at least 1, got 0."
+                return self._send(400, {"error": {"message": "max_tokens must be at least 1, got 0."}})
             with stub.lock:
                 fault = stub.faults.pop(0) if stub.faults else None
-                dead = stub.dead_after is not None and len(stub.prompts) >= stub.dead_after
+                stub.started += 1
+                dead = stub.dead_after is not None and stub.started > stub.dead_after
             if dead or fault == "drop":
                 self.close_connection = True
                 self.connection.shutdown(2)  # no answer at all: the connection breaks
@@ -147,8 +151,6 @@ def _handler(stub: Stub):
                 return self._send(int(fault), {"error": {"message": "busy"}})
             if fault == "slow":
                 time.sleep(1.5)
-            if body.get("max_tokens") == 0 and stub.refuse_zero:  # vLLM: "max_tokens must be at least 1, got 0."
-                return self._send(400, {"error": {"message": "max_tokens must be at least 1, got 0."}})
             out = stub.completion(body)
             if fault == "nologprobs":
                 out["choices"][0]["logprobs"] = None

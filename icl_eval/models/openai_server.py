@@ -287,6 +287,10 @@ class OpenAIServerModel:
                 raise IclEvalError(f"{option} {value}: the server decides this with --backend openai (it has its own tokenizer, weights and devices){fix}")
         if trust_remote_code:
             raise IclEvalError("--trust-remote-code: no code of the model runs here with --backend openai; give the option to the server instead")
+        if concurrency is not None and concurrency < 1:
+            raise IclEvalError(f"--concurrency {concurrency}: give a positive number of requests in flight")
+        if max_length is not None and max_length < 2:
+            raise IclEvalError(f"--max-length {max_length}: give the server's context window in tokens (at least 2)")
         api_key = None
         if api_key_env:
             api_key = os.environ.get(api_key_env)
