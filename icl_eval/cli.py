@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
-    run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id")
-    run.add_argument("--backend", default="hf", help="hf: Hugging Face in-process (default), or an installed plugin's backend")
+    run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id (with --backend openai: the served model's id)")
+    run.add_argument("--backend", default="hf", help="hf: Hugging Face in-process (default); openai: an OpenAI-compatible server (--base-url); or an installed plugin's backend")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
     run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once); 'fewshot' is each task's GPT-3 paper K (its fewshot_k), e.g. 0,1,fewshot")
     run.add_argument(
@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", default=None, metavar="PATH", help="SQLite response cache (default OUTPUT/.cache/responses.sqlite); rerunning a command resumes from it")
     run.add_argument("--no-cache", action="store_true", help="compute every response, store none")
     run.add_argument("--contamination", default=None, metavar="REPORT", help="contamination.json: also score clean and dirty examples apart")
+    server = run.add_argument_group("--backend openai (an OpenAI-compatible server: vLLM, llama.cpp, ...)")
+    server.add_argument("--base-url", default=None, metavar="URL", help="the API's base, e.g. http://localhost:8000/v1")
+    server.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the API key (default: OPENAI_API_KEY when set); the key is never written anywhere")
+    server.add_argument("--concurrency", type=int, default=None, metavar="N", help="requests in flight (default 8)")
+    server.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID", help="count prompt tokens locally when the server has no /tokenize")
+    server.add_argument("--max-length", type=int, default=None, metavar="TOKENS", help="the server's context window, when GET /v1/models does not report max_model_len")
     _add_task_options(run)
 
     tasks = sub.add_parser("tasks", help="list every task")
@@ -142,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.provenance import environment
     from icl_eval.results import RunWriter, new_run_id
-    from icl_eval.session import backend_factory, check_inputs, refuse_conflicting, wrap
+    from icl_eval.session import backend_factory, check_inputs, refuse_conflicting, server_options, wrap
 
     # Everything that can be checked without the model is checked before it loads: a typo, a missing data
     # file or too few demonstrations must not cost a ten-minute load first.
@@ -153,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     refuse_conflicting(args.no_cache, args.cache, args.output)
     settings = Settings(seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
     inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination, shot_spec=shots)
-    load_backend = backend_factory(args.backend)
+    load_backend = backend_factory(args.backend, server_options(args))
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
         raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")
@@ -173,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     echo = print if rank == 0 else (lambda _: None)
     described = backend.describe()
-    echo(f"model {described['name']}: {described['num_parameters']:,} parameters, {described['dtype']} on {described['device']}, context {described['max_length']}, BOS {backend.settings()['bos']}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
+    echo(f"model {described['name']}: {'an unknown number of' if described['num_parameters'] is None else format(described['num_parameters'], ',')} parameters, {described['dtype']} on {described['device']}, context {described['max_length']}, BOS {backend.settings()['bos']}" + (f", {processes} data-parallel processes" if processes > 1 else ""))
     if cache is not None:
         echo(f"response cache {cache.path}: {len(cache):,} stored responses (a rerun of this command resumes from it; --no-cache to turn it off)")
     try:

@@ -81,11 +81,33 @@ def refuse_conflicting(no_cache: bool, cache: str | None, output: str) -> None:
         raise IclEvalError("--output '': give a folder, e.g. --output results (an empty one would write into the current folder)")
 
 
-def backend_factory(name: str) -> Callable[..., Model]:
-    """The loader of a --backend: `hf` (Hugging Face in-process) or an installed plugin's (icl_eval.models group).
+# The run options of --backend openai (cli.py's run parser): None when not given.
+SERVER_OPTIONS = ("base_url", "api_key_env", "concurrency", "tokenizer", "max_length")
+
+
+def server_options(args: Any) -> dict[str, Any]:
+    """The server options a `run` command line gave (those left at None are left out)."""
+    return {k: getattr(args, k, None) for k in SERVER_OPTIONS if getattr(args, k, None) is not None}
+
+
+def backend_factory(name: str, server: dict[str, Any] | None = None) -> Callable[..., Model]:
+    """The loader of a --backend: `hf` (Hugging Face in-process), `openai` (an OpenAI-compatible server, given
+    `server`: base_url, api_key_env, concurrency, tokenizer, max_length) or an installed plugin's (icl_eval.models group).
 
     A plugin factory is called as factory(model, device=..., dtype=..., batch_size=..., bos_policy=...,
     trust_remote_code=..., device_map=...) and returns an object meeting requests.Model."""
+    server = server or {}
+    if name == "openai":
+        import functools
+
+        from icl_eval.models.openai_server import OpenAIServerModel
+
+        if "base_url" not in server:
+            raise IclEvalError("--backend openai needs --base-url, e.g. --base-url http://localhost:8000/v1")
+        return functools.partial(OpenAIServerModel.load, **server)
+    if server:
+        given = ", ".join("--" + k.replace("_", "-") for k in server)
+        raise IclEvalError(f"{given}: options of --backend openai (an OpenAI-compatible server), not of --backend {name}; add --backend openai or drop them")
     if name == "hf":
         from icl_eval.models.hf import HFModel
 
@@ -94,6 +116,6 @@ def backend_factory(name: str) -> Callable[..., Model]:
 
     found = plugins.load_group(plugins.MODELS)
     if name not in found:
-        known = ", ".join(["hf", *sorted(found)])
+        known = ", ".join(["hf", "openai", *sorted(found)])
         raise IclEvalError(f"--backend {name}: no such backend; installed: {known} (a plugin adds one through the icl_eval.models entry-point group)")
     return found[name]  # type: ignore[return-value]

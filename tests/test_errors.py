@@ -679,3 +679,25 @@ RC_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] =
 def test_reading_comprehension_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("icl_eval.data.hub_reachable", lambda: False)  # a bad local file must never fall through to the hub
     test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
+
+
+# --- --backend openai: server options refused before any request (icl_eval/models/openai_server.py) -------------
+def _openai_run(d: Path, *extra: str) -> list[str]:
+    return ["run", "--tasks", "arithmetic_2da", "--limit", "1", "--output", str(d / "out"), "--model", "served", *extra]
+
+
+SERVER_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("openai-no-base-url", lambda d, c: _openai_run(d, "--backend", "openai"), ("--backend openai needs --base-url",)),
+    ("openai-base-url-with-hf", lambda d, c: _openai_run(d, "--base-url", "http://127.0.0.1:9/v1"), ("--base-url", "options of --backend openai", "--backend hf")),
+    ("openai-bad-scheme", lambda d, c: _openai_run(d, "--backend", "openai", "--base-url", "127.0.0.1:8000/v1"), ("--base-url 127.0.0.1:8000/v1", "http://")),
+    ("openai-key-env-unset", lambda d, c: _openai_run(d, "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "ICL_EVAL_NO_SUCH_KEY"),
+     ("--api-key-env ICL_EVAL_NO_SUCH_KEY", "not set")),
+    ("openai-concurrency-zero", lambda d, c: _openai_run(d, "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--concurrency", "0"), ("--concurrency 0", "positive")),
+    ("openai-bos-policy", lambda d, c: _openai_run(d, "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--bos", "always"), ("--bos always", "the server decides")),
+    ("openai-batch-size", lambda d, c: _openai_run(d, "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--batch-size", "4"), ("--batch-size 4", "--concurrency")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in SERVER_CASES], ids=[c[0] for c in SERVER_CASES])
+def test_server_backend_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
