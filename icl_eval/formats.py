@@ -90,8 +90,64 @@ def _lettered_choices(cell: str) -> list[str]:
     return out if not rest else []
 
 
+def _json_records(path: Path) -> list:
+    """A SuperGLUE .jsonl file (one record a line) or an official release .json ({"data": [records]})."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.name.endswith(".jsonl"):
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IclEvalError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); re-download the file") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        return data["data"]
+    raise IclEvalError(f"{path}: expected {{\"data\": [...]}} (the official release layout) or one JSON record a line (.jsonl)")
+
+
+def read_multirc(path: Path) -> list[dict]:
+    """SuperGLUE MultiRC (passage -> questions -> answers): one document per question, so a demonstration shows a
+    whole question with every answer labelled (the paper's K counts questions). Documents: idx (the question's
+    id), passage_idx, paragraph, question, answers (texts) and labels (0/1, one per answer)."""
+    docs = []
+    for n, rec in enumerate(_json_records(path)):
+        where = f"{path}: record {n}"
+        try:
+            passage = rec["passage"]
+            for q in passage["questions"]:
+                docs.append({"idx": q["idx"], "passage_idx": rec.get("idx", n), "paragraph": passage["text"], "question": q["question"],
+                             "answers": [a["text"] for a in q["answers"]], "labels": [int(a["label"]) for a in q["answers"]]})
+        except (KeyError, TypeError, ValueError) as e:
+            raise IclEvalError(f"{where}: a MultiRC record needs passage.text and passage.questions[].answers[] with text and label ({type(e).__name__}: {e})") from None
+    return docs
+
+
+def read_record(path: Path) -> list[dict]:
+    """ReCoRD: official dev.json (data -> passage {text, entities}, qas [{query, answers}]) or SuperGLUE's jsonl.
+    One document per query, in the hub's layout: passage (the text, `@highlight` markers kept), query, entities
+    (the passage's entity spans as text, end inclusive, duplicates dropped, in order) and answers."""
+    docs = []
+    for n, rec in enumerate(_json_records(path)):
+        where = f"{path}: record {n}"
+        try:
+            text = rec["passage"]["text"]
+            entities = _unique_texts(text[e["start"]: e["end"] + 1] for e in rec["passage"]["entities"])
+            for q in rec["qas"]:
+                answers = _unique_texts(a["text"] for a in q["answers"])
+                docs.append({"idx": str(q.get("id", q.get("idx", len(docs)))), "passage": text, "query": q["query"],
+                             "entities": entities, "answers": answers})
+        except (KeyError, TypeError) as e:
+            raise IclEvalError(f"{where}: a ReCoRD record needs passage.text, passage.entities[] (start, end) and qas[] (query, answers[].text) ({type(e).__name__}: {e})") from None
+    return docs
+
+
+def _unique_texts(texts) -> list[str]:
+    return list(dict.fromkeys(texts))
+
+
 FORMATS: dict[str, Callable[[Path], list[dict]]] = {
     "race_high": lambda path: read_race(path, "high"),
     "race_middle": lambda path: read_race(path, "middle"),
     "openbookqa_tsv": read_openbookqa_tsv,
+    "multirc": read_multirc,
+    "record": read_record,
 }

@@ -141,6 +141,35 @@ def corpus_score_stderr(name: str, items: list) -> tuple[float, float | None]:
     return value, float(np.std(resampled, ddof=1))
 
 
+# MultiRC's F1a: F1 of the label-1 (true) class over every answer option of the task. An item is one question's
+# [true positives, false positives, false negatives], so the F1 of any subset of questions is its summed counts'.
+def f1a_counts(predicted: Sequence[int], gold: Sequence[int]) -> list[int]:
+    """[tp, fp, fn] of label 1 for one question's options."""
+    pairs = list(zip(predicted, gold))
+    return [sum(p == 1 and g == 1 for p, g in pairs), sum(p == 1 and g == 0 for p, g in pairs), sum(p == 0 and g == 1 for p, g in pairs)]
+
+
+def _f1_of_counts(tp: float, fp: float, fn: float) -> float:
+    denominator = 2 * tp + fp + fn
+    return 2 * tp / denominator if denominator else 0.0  # no positive predicted or gold: sklearn's (SuperGLUE's) 0
+
+
+def f1a(items: list) -> tuple[float, float | None]:
+    """F1 from summed counts; stderr by the jackknife over questions (each left out once: O(n), deterministic)."""
+    if not items:
+        return float("nan"), None
+    counts = np.asarray(items, dtype=np.float64).reshape(-1, 3)
+    tp, fp, fn = counts.sum(axis=0)
+    value = _f1_of_counts(tp, fp, fn)
+    n = len(counts)
+    if n < 2:
+        return value, None
+    rest = counts.sum(axis=0) - counts  # each question left out
+    denominator = 2 * rest[:, 0] + rest[:, 1] + rest[:, 2]
+    leave_one_out = np.divide(2 * rest[:, 0], denominator, out=np.zeros(n), where=denominator > 0)
+    return value, float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+
+
 @dataclass(frozen=True)
 class Metric:
     """Everything the harness knows about one metric; the evaluator, the kinds and compare all read it here."""
@@ -185,14 +214,18 @@ _MC = ("multiple_choice",)
 _GEN = ("generate",)
 _ROLLING = ("loglikelihood_rolling",)
 METRICS: dict[str, Metric] = {
-    "acc": _mean(output_types=("loglikelihood", "multiple_choice"), item=_greedy),
+    "acc": _mean(output_types=("loglikelihood", "multiple_choice", "judged_completion"), item=_greedy),
     # A perplexity item is a log-likelihood, so its sample-log field says so.
     "perplexity": Metric(perplexity, higher_is_better=False, item=_loglikelihood, item_mean=True, item_field="loglikelihood"),
     "acc_norm": _mean(output_types=_MC),
     "acc_norm_token": _mean(output_types=_MC),
     "acc_uncond": _mean(output_types=_MC, needs_uncond=True),
-    "exact_match": _mean(output_types=_GEN, item=exact_match),
-    "f1": _mean(output_types=_GEN, item=_f1),
+    # entity_choice (ReCoRD) scores its picked entity against the accepted answers with the same items.
+    "exact_match": _mean(output_types=(*_GEN, "entity_choice"), item=exact_match),
+    "f1": _mean(output_types=(*_GEN, "entity_choice"), item=_f1),
+    # binary_choice_group (MultiRC): a question is right when all its options are; F1a over all options.
+    "em_question": _mean(output_types=("binary_choice_group",)),
+    "f1a": Metric(f1a, output_types=("binary_choice_group",)),
     "bleu": Metric(functools.partial(corpus_score_stderr, "bleu"), output_types=_GEN, corpus=True),
     "chrf": Metric(functools.partial(corpus_score_stderr, "chrf"), output_types=_GEN, corpus=True),
     # Whole-document perplexities (rolling.py): ratios of sums over documents, so not means of their items.

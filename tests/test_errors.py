@@ -700,4 +700,51 @@ SERVER_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]
 
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in SERVER_CASES], ids=[c[0] for c in SERVER_CASES])
 def test_server_backend_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+
+
+# --- the SuperGLUE kinds (binary_choice_group, entity_choice, judged_completion) and their readers --------------
+def _sg_files(d: Path, task: str, rel: str, content: object | str, pool_rel: str | None = None) -> list[str]:
+    for path in (rel, pool_rel):
+        if path:
+            (d / path).parent.mkdir(parents=True, exist_ok=True)
+            (d / path).write_text(content if isinstance(content, str) else json.dumps(content))
+    return ["prompt", task, "--data-dir", str(d)]
+
+
+def _kind_task(d: Path, body: str, metric: str = "acc") -> list[str]:
+    (d / "k.jinja").write_text("{% block input %}q{% endblock %}{% block target %}a{% endblock %}")
+    (d / "k.yaml").write_text(f"name: k\ntemplate: k.jinja\nmetrics: [{metric}]\ndata: {{local: x.jsonl}}\n{body}")
+    return ["validate", str(d / "k.yaml")]
+
+
+def _record_answer_not_an_entity(d: Path) -> list[str]:
+    pool = {"passage": {"text": "Ann", "entities": [{"start": 0, "end": 2}]}, "qas": [{"query": "@placeholder", "answers": [{"text": "Ann"}]}]}
+    _sg_files(d, "record", _REC_POOL, json.dumps(pool) + "\n")
+    dev = {"data": [{"passage": {"text": "Ann met Bo", "entities": [{"start": 0, "end": 2}]},
+                     "qas": [{"id": "1", "query": "@placeholder left", "answers": [{"text": "Bo"}]}]}]}
+    return _sg_files(d, "record", _REC, dev)
+
+
+_REC = "superglue/ReCoRD/dev.json"
+_REC_POOL = "superglue/FewGLUE/ReCoRD/train.jsonl"
+_MRC = "superglue/MultiRC/val.jsonl"
+SUPERGLUE_KIND_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("record-not-json", lambda d, c: _sg_files(d, "record", _REC, '{"data": [', _REC_POOL), ("dev.json", "not valid JSON", "re-download")),
+    ("record-no-data-list", lambda d, c: _sg_files(d, "record", _REC, {"version": "1.0"}, _REC_POOL), ("dev.json", "official release layout")),
+    ("record-qas-missing", lambda d, c: _sg_files(d, "record", _REC, {"data": [{"passage": {"text": "t", "entities": []}}]}, _REC_POOL),
+     ("dev.json: record 0", "qas[]")),
+    ("record-answer-not-an-entity", lambda d, c: _record_answer_not_an_entity(d), ("doc 0", "none of the answers", "among its 1 candidates")),
+    ("multirc-answer-without-label", lambda d, c: _sg_files(d, "multirc", _MRC, '{"idx": 0, "passage": {"text": "t", "questions": [{"idx": 0, "question": "q", "answers": [{"text": "a"}]}]}}\n'),
+     ("val.jsonl: record 0", "text and label")),
+    ("entity-choice-without-references", lambda d, c: _kind_task(d, "output_type: entity_choice\nchoices: ents\n"), ("k.yaml", "needs 'references'")),
+    ("grouped-choice-without-gold", lambda d, c: _kind_task(d, "output_type: binary_choice_group\nchoices: answers\n"), ("k.yaml", "needs 'gold'")),
+    ("judged-completion-with-choices", lambda d, c: _kind_task(d, "output_type: judged_completion\ngold: label\nchoices: x\n"), ("k.yaml", "'choices' does not apply")),
+    ("f1a-on-multiple-choice", lambda d, c: _kind_task(d, "output_type: multiple_choice\nchoices: x\ngold: g\n", metric="f1a"),
+     ("k.yaml", "metric 'f1a' does not apply to output_type multiple_choice")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in SUPERGLUE_KIND_CASES], ids=[c[0] for c in SUPERGLUE_KIND_CASES])
+def test_superglue_kinds_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("icl_eval.data.hub_reachable", lambda: False)
     test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)

@@ -9,10 +9,15 @@ from __future__ import annotations
 import functools
 
 from icl_eval.errors import IclEvalError
-from icl_eval.kinds import generate, loglikelihood, loglikelihood_rolling, multiple_choice
+from icl_eval.kinds import (
+    binary_choice_group, entity_choice, generate, judged_completion, loglikelihood, loglikelihood_rolling, multiple_choice,
+)
 from icl_eval.kinds.base import Kind, Prompt
 
-BUILTIN: dict[str, Kind] = {k.name: k for k in (loglikelihood.KIND, multiple_choice.KIND, generate.KIND, loglikelihood_rolling.KIND)}
+BUILTIN: dict[str, Kind] = {k.name: k for k in (
+    loglikelihood.KIND, multiple_choice.KIND, generate.KIND, loglikelihood_rolling.KIND,
+    binary_choice_group.KIND, entity_choice.KIND, judged_completion.KIND,
+)}
 
 
 @functools.lru_cache(maxsize=None)
