@@ -700,6 +700,7 @@ SERVER_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]
 
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in SERVER_CASES], ids=[c[0] for c in SERVER_CASES])
 def test_server_backend_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
 
 
 # --- the SuperGLUE kinds (binary_choice_group, entity_choice, judged_completion) and their readers --------------
