@@ -155,7 +155,7 @@ def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Mode
             low = mid + 1
     dropped = low
     pairs = pairs_after_dropping(dropped)
-    context, target = kind.gold_pair(query, pairs)
+    context, target = kind.gold_pair(task, query, pairs)
     return Prompt(doc_id, tuple(ids[dropped:]), context, target, dropped, tuple(pairs))
 
 

@@ -57,7 +57,7 @@ class Kind:
         """(context, continuation) pairs of one example after the demonstrations' prefix: what must fit."""
         return [(prefix + query_input(query, shots), task.target_delimiter + query.target)]
 
-    def gold_pair(self, query: Example, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    def gold_pair(self, task: TaskConfig, query: Example, pairs: list[tuple[str, str]]) -> tuple[str, str]:
         return pairs[0]
 
     def extra_tokens(self, task: TaskConfig) -> int:

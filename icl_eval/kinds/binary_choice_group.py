@@ -59,9 +59,8 @@ class BinaryChoiceGroup(Kind):
         context = prefix + query_input(query, shots)  # one context for every option: the backend forwards it once
         return [(context, task.target_delimiter + text) for pair in query.candidates for text in pair]
 
-    def gold_pair(self, query: GroupExample, pairs: list[tuple[str, str]]) -> tuple[str, str]:
-        delimiter = pairs[0][1][: len(pairs[0][1]) - len(query.candidates[0][0])]
-        return pairs[0][0], delimiter + query.target  # every option's gold line: what a demonstration shows
+    def gold_pair(self, task: TaskConfig, query: GroupExample, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+        return pairs[0][0], task.target_delimiter + query.target  # every option's gold line: what a demonstration shows
 
     def requests(self, task: TaskConfig, key: str, prompt: Prompt, query: Example) -> list[Request]:
         return [LoglikelihoodRequest(c, t, key) for c, t in prompt.pairs]

@@ -51,7 +51,7 @@ class EntityChoice(Kind):
         context = prefix + query_input(query, shots)
         return [(context, task.target_delimiter + c) for c in query.choices]
 
-    def gold_pair(self, query: Example, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    def gold_pair(self, task: TaskConfig, query: Example, pairs: list[tuple[str, str]]) -> tuple[str, str]:
         return pairs[query.gold]
 
     def requests(self, task: TaskConfig, key: str, prompt: Prompt, query: Example) -> list[Request]:

@@ -55,7 +55,7 @@ class MultipleChoice(Kind):
         context = prefix + query.input  # one context string for every candidate: the backend forwards it once
         return [(context, delim + c) for c in query.choices]
 
-    def gold_pair(self, query: Example, pairs: list[tuple[str, str]]) -> tuple[str, str]:
+    def gold_pair(self, task: TaskConfig, query: Example, pairs: list[tuple[str, str]]) -> tuple[str, str]:
         return pairs[query.gold]
 
     def requests(self, task: TaskConfig, key: str, prompt: Prompt, query: Example) -> list[Request]:
