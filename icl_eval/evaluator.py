@@ -279,12 +279,14 @@ def evaluate(
         info = result.tasks[prep.task.name]
         for k in prep.shots or settings.shots:
             write = (lambda samples, name=prep.task.name, k=k: on_samples(name, k, samples)) if settings.log_samples and on_samples else None
+            started = time.perf_counter()
             try:
                 run = score_task(prep, k, model, settings, write)
             except IclEvalError as e:  # the backend knows requests, not tasks: say which task and shot count failed
                 raise IclEvalError(f"task '{prep.task.name}' ({prep.task.path}), {k}-shot: {e}") from None
             result.records.extend(run.records)
             info.truncation[str(k)] = run.truncation
+            info.seconds[str(k)] = round(time.perf_counter() - started, 3)
             if info.cache is not None:
                 info.cache[str(k)] = run.cache
     result.finished_at = now()

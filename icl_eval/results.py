@@ -73,6 +73,7 @@ class TaskSummary:
     truncation: dict[str, dict[str, int]] = field(default_factory=dict)  # str(K) -> counts (demos_dropped, ...)
     sacrebleu: dict[str, str] | None = None  # metric -> sacrebleu signature, for bleu/chrf tasks
     cache: dict[str, dict[str, int]] | None = None  # str(K) -> {hits, misses}, with --cache
+    seconds: dict[str, float] = field(default_factory=dict)  # str(K) -> wall seconds (prompts, model, scoring)
 
     _KEYS = ("config_hash", "template_hash", "output_type", "n_docs", "n_evaluated", "data_source", "truncation")
 
@@ -82,11 +83,13 @@ class TaskSummary:
             out["sacrebleu"] = self.sacrebleu
         if self.cache is not None:
             out["cache"] = self.cache
+        if self.seconds:
+            out["seconds"] = self.seconds
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TaskSummary:
-        known = cls._KEYS + ("sacrebleu", "cache")
+        known = cls._KEYS + ("sacrebleu", "cache", "seconds")
         kw = {key: data[key] for key in known if key in data}
         kw["truncation"] = kw.get("truncation") or {}
         return cls(**kw)

@@ -64,6 +64,7 @@ def test_ptb_scores_the_whole_document_once_per_token(short_context_checkpoint, 
     assert sample["n_tokens"] == n_tokens > 3 * 64  # several windows
     assert sample["loglikelihood"] == pytest.approx(expected, abs=1e-4)
     assert sample["n_words"] == count_words_and_line_ends(TEXT) == 18 * 30
+    assert result["tasks"]["ptb"]["seconds"]["0"] > 0  # each task and K is timed
     records = {r["metric"]: r["value"] for r in result["records"]}
     assert set(records) == {"word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"}
     assert records["word_perplexity"] == pytest.approx(math.exp(-expected / (18 * 30)), rel=1e-6)
