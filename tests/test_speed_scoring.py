@@ -76,26 +76,74 @@ def assert_same(a, b):
         assert (x.n_tokens, x.n_chars, x.is_greedy, x.finite, x.left_truncated) == (y.n_tokens, y.n_chars, y.is_greedy, y.finite, y.left_truncated)
 
 
+def counting_packs(hf):
+    """Wrap the packed forward to record how many questions each packed batch holds."""
+    seen = []
+    real = hf._score_packed_batch
+
+    def spy(packs, *a):
+        seen.append(len(packs))
+        return real(packs, *a)
+
+    hf._score_packed_batch = spy
+    return seen
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, "auto"])
-def test_shared_contexts_equal_unshared(arch, gpt2_tokenizer, batch_size):
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "kv-cache"])
+def test_shared_contexts_equal_unshared(arch, gpt2_tokenizer, batch_size, packed):
     reqs = mc_requests()
     unshared = make_hf_model(arch, gpt2_tokenizer, batch_size=batch_size, share_prefixes=False).loglikelihood(reqs)
     hf = make_hf_model(arch, gpt2_tokenizer, batch_size=batch_size, min_shared_prefix=2)
-    seen = counting_prefixes(hf)
+    assert hf._packs  # both architectures pass the load-time self-check
+    hf._packs = packed
+    prefixes, packs = counting_prefixes(hf), counting_packs(hf)
     assert_same(hf.loglikelihood(reqs), unshared)
-    # Each question's context (and the neutral "Answer:" context) is forwarded once, not once per candidate.
-    assert seen
+    # Each question's context (and the neutral "Answer:" context) is forwarded once, not once per candidate:
+    # packed, each question is one row and several questions share a forward; else through a KV cache.
+    if packed:
+        # The questions' common opening ("A man is sitting ...") is cached once; "Answer:" packs alone.
+        assert len(prefixes) == 1 and sum(packs) == len(QUESTIONS) + 1
+        assert batch_size == 1 or max(packs) > 1
+    else:
+        assert prefixes and not packs
     assert_forwarded_once(hf, reqs)
+
+
+def test_packed_mask_keeps_candidates_apart(gpt2_tokenizer, tiny_gpt2_model):
+    from icl_eval.models.hf_scoring import Pack, Row
+
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)
+    pack = Pack([5, 6], [Row(0, [7, 8], [8]), Row(1, [9], [9])])
+    ids, positions, segments, spans = hf._packed_inputs([pack, Pack([5], [Row(2, [6], [6])])])
+    assert ids[0].tolist() == [5, 6, 7, 8, 9] and positions[0].tolist() == [0, 1, 2, 3, 2]
+    assert segments[1].tolist() == [0, 1, -1, -1, -1] and spans[1].start == 4
+    visible = hf._packed_mask(segments)[:, 0] == 0
+    assert visible[0, 4].tolist() == [True, True, False, False, True]  # the second candidate skips the first
+    assert visible[1].any(-1).all()  # padding sees something: no NaN rows
+
+
+def test_packing_falls_back_when_the_model_ignores_the_mask(gpt2_tokenizer, tiny_gpt2_model, monkeypatch):
+    from icl_eval.models.hf import HFModel
+
+    real = tiny_gpt2_model.forward
+    monkeypatch.setattr(tiny_gpt2_model, "forward", lambda *a, attention_mask=None, position_ids=None, **k: real(*a, **k))
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, min_shared_prefix=2)
+    assert isinstance(hf, HFModel) and not hf._packs
+    monkeypatch.undo()
+    assert_same(hf.loglikelihood(mc_requests()), make_hf_model(tiny_gpt2_model, gpt2_tokenizer, share_prefixes=False).loglikelihood(mc_requests()))
 
 
 def test_fixed_prefix_reused_and_equal_to_plain(arch, gpt2_tokenizer):
     reqs = fixed_prefix_requests()
     plain = make_hf_model(arch, gpt2_tokenizer, batch_size=2, share_prefixes=False).loglikelihood(reqs)
     hf = make_hf_model(arch, gpt2_tokenizer, batch_size=2)
-    seen = counting_prefixes(hf)
+    seen, packs = counting_prefixes(hf), counting_packs(hf)
     assert_same(hf.loglikelihood(reqs), plain)
     demo_tokens = len(gpt2_tokenizer(DEMOS).input_ids)
-    assert len(seen) == 1 and seen[0] >= demo_tokens  # the demonstrations (and the shared "\n\nQ: What is") once
+    # The demonstrations (and the shared "\n\nQ: What is") once: as a cached prefix, or as the context of one
+    # packed row holding every question's answer.
+    assert (len(seen) == 1 and seen[0] >= demo_tokens) or (not seen and sum(packs) == 1)
     assert_forwarded_once(hf, reqs)
 
 
@@ -105,10 +153,17 @@ def test_prefix_is_a_token_prefix_when_text_merges_across_the_boundary(gpt2_toke
     reqs = [LoglikelihoodRequest(base + "fo" + tail, " end") for tail in ("x", "od", "rtune", "x and more")]
     plain = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, share_prefixes=False).loglikelihood(reqs)
     hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)
+    hf._packs = False  # the cache path names each prefix it forwards
     seen = counting_prefixes(hf)
     assert_same(hf.loglikelihood(reqs), plain)
     enc = [hf._model_input(hf.encode_pair(r.context, r.continuation)) for r in reqs]
     assert seen and all(all(e[:n] == enc[0][:n] for e in enc) for n in seen)
+    hf._packs = True
+    packs = []
+    real = hf._packed_inputs
+    hf._packed_inputs = lambda ps: packs.extend(ps) or real(ps)
+    assert_same(hf.loglikelihood(reqs), plain)
+    assert packs and all(e[: len(p.prefix)] == p.prefix for p in packs for e in enc)
 
 
 def test_left_truncated_rows_share_safely(gpt2_tokenizer):
@@ -126,6 +181,7 @@ def test_oom_during_shared_path_splits_and_keeps_results(tiny_gpt2_model, gpt2_t
     reqs = mc_requests()
     expected = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=8).loglikelihood(reqs)
     hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=8, min_shared_prefix=2)
+    hf._packs = False
     real = hf._score_against_prefix
     calls = []
 
@@ -140,6 +196,27 @@ def test_oom_during_shared_path_splits_and_keeps_results(tiny_gpt2_model, gpt2_t
     got = hf.loglikelihood(reqs, on_result=lambda i, r: finished.setdefault(i, r))
     assert_same(got, expected)
     assert sorted(finished) == list(range(len(reqs)))  # every result reported once, none lost to the splits
+    assert max(calls) > 1 and hf.max_rows == 1
+
+
+def test_oom_during_packed_path_splits_and_keeps_results(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    reqs = mc_requests()
+    expected = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, share_prefixes=False).loglikelihood(reqs)
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=8, min_shared_prefix=2)
+    real = hf._score_packed_batch
+    calls = []
+
+    def flaky(packs, *a):
+        calls.append(len(packs))
+        if len(packs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(packs, *a)
+
+    monkeypatch.setattr(hf, "_score_packed_batch", flaky)
+    finished = {}
+    got = hf.loglikelihood(reqs, on_result=lambda i, r: finished.setdefault(i, r))
+    assert_same(got, expected)
+    assert sorted(finished) == list(range(len(reqs)))
     assert max(calls) > 1 and hf.max_rows == 1
 
 

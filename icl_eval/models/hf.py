@@ -145,7 +145,11 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
         # transformers renamed forward's `past_key_values` to `cache` (the old name warns, then goes): use
         # whichever this version's model takes, and read the output field of the same name.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        head = model.get_output_embeddings()
+        self._vocab_size = getattr(head, "out_features", None) or len(tokenizer)
         self._split_head = self._head_matches_full_forward()
+        # One question's candidates packed into one row (4D mask) instead of a KV-cache copy per candidate.
+        self._packs = share_prefixes and self._packing_matches_plain()
 
     # --- loading -------------------------------------------------------------------------
     @classmethod

@@ -46,11 +46,25 @@ class Span(NamedTuple):
     targets: list[int]
 
 
+class Pack(NamedTuple):
+    """One question packed into one row: its shared context once, then each candidate's remaining tokens."""
+
+    prefix: list[int]
+    rows: list[Row]  # tokens after the prefix
+
+    @property
+    def length(self) -> int:
+        return len(self.prefix) + sum(len(r.tokens) for r in self.rows)
+
+
 class Scored(NamedTuple):
     logprob: float  # summed over the targets
     greedy: bool  # every target was the argmax
     finite: bool  # no NaN or inf in the log-probs at the target positions
 
+
+# Scored positions x vocabulary entries whose log-probs exist at once (64 MiB of float32).
+_VOCAB_SLICE = 1 << 24
 
 # (request indices, their scores) as each batch finishes
 Finish = Callable[[list[int], list[Scored]], None]
@@ -191,16 +205,25 @@ class LoglikelihoodScoring:
             targets += span.targets
         row_t = torch.tensor(row_idx, device=self.device)
         pos_t = torch.tensor(pos_idx, device=self.device)
-        if self._split_head:
-            hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state
-            logits = self.model.get_output_embeddings()(hidden[row_t, pos_t])
-        else:
-            logits = self.model(**forward_kwargs).logits[row_t, pos_t]
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
         target_t = torch.tensor(targets, device=self.device)
-        token_lp = logprobs.gather(1, target_t[:, None])[:, 0]
-        greedy = logprobs.argmax(-1) == target_t
-        finite = torch.isfinite(logprobs).all(-1)
+        if self._split_head:
+            hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state[row_t, pos_t]
+            project = self.model.get_output_embeddings()
+        else:
+            hidden, project = self.model(**forward_kwargs).logits[row_t, pos_t], lambda x: x
+        del forward_kwargs
+        # Full-vocabulary log-probs for every scored position at once were the peak of a zero-shot run (four
+        # [positions, vocab] float tensors for long multiple-choice endings): score them in slices instead.
+        step = max(1, _VOCAB_SLICE // max(1, self._vocab_size))
+        lp_parts, greedy_parts, finite_parts = [], [], []
+        for at in range(0, len(targets), step):
+            logprobs = torch.log_softmax(project(hidden[at : at + step]).float(), dim=-1)
+            t = target_t[at : at + step]
+            lp_parts.append(logprobs.gather(1, t[:, None])[:, 0])
+            greedy_parts.append(logprobs.argmax(-1) == t)
+            finite_parts.append(torch.isfinite(logprobs).all(-1))
+            del logprobs
+        token_lp, greedy, finite = torch.cat(lp_parts), torch.cat(greedy_parts), torch.cat(finite_parts)
         out, start = [], 0
         for span in spans:
             end = start + len(span.targets)
@@ -219,10 +242,17 @@ class LoglikelihoodScoring:
         """
         shareable = [r.tokens[: len(r.tokens) - len(r.continuation)] for r in rows]
         groups, alone = group_shared_prefixes(shareable, self.min_shared_prefix)
+        packs = []
         for shared, members in groups:
+            pack = Pack(rows[members[0]].tokens[:shared], [rows[m]._replace(tokens=rows[m].tokens[shared:]) for m in members])
+            if self._packs and self._packable(pack):
+                packs.append(pack)
+                continue
             sub = self._extend_cache(cache, n_prefix, rows[members[0]].tokens[:shared])
             self._score_sharing(sub, n_prefix + shared, [rows[m]._replace(tokens=rows[m].tokens[shared:]) for m in members], finish)
             del sub
+        if packs:
+            self._score_packs(cache, n_prefix, packs, finish)
         if not alone:
             return
         if cache is None:
@@ -264,3 +294,93 @@ class LoglikelihoodScoring:
         )
         spans = [Span(b, len(r.tokens) - len(r.continuation), r.continuation) for b, r in enumerate(rows)]
         return self._score_positions(kwargs, spans)
+
+    # --- packed rows: one question per row, no cache ----------------------------------------
+    def _packable(self, pack: Pack) -> bool:
+        """A group whose rows share nothing further (one question's candidates) and that fits one context window:
+        packing it forwards exactly what the cache path would, in one row. Deeper tries (fixed demonstrations,
+        then each question) keep the cache path, which forwards every trie node once."""
+        if pack.length > self.max_length:
+            return False
+        rest = [r.tokens[: len(r.tokens) - len(r.continuation)] for r in pack.rows]
+        return not group_shared_prefixes(rest, self.min_shared_prefix)[0]
+
+    def _score_packs(self, cache, n_prefix: int, packs: list[Pack], finish: Finish) -> None:
+        """Packed rows in batches; after a cached prefix (fixed demonstrations) each batch reads one copy of it per
+        packed row, that is per question, not per candidate."""
+        sizes = [n_prefix + p.length for p in packs]
+        for batch in plan_batches(sizes, self.budget.max_rows, self.budget.tokens):
+            run = lambda b: self._score_packed_batch(b, cache, n_prefix)  # noqa: E731
+            for done, scored in run_splitting_on_oom([packs[j] for j in batch], run, self.budget):
+                finish([r.index for p in done for r in p.rows], [s for group in scored for s in group])
+
+    @torch.no_grad()
+    def _score_packed_batch(self, packs: list[Pack], cache=None, n_prefix: int = 0) -> list[list[Scored]]:
+        """Packed rows, right-padded, in one forward: a 4D mask lets each candidate see the context and its own
+        earlier tokens only, and its positions restart after the context, so it scores as if forwarded alone."""
+        ids, positions, segments, spans = self._packed_inputs(packs)
+        self.tokens_forwarded += sum(p.length for p in packs)
+        mask = self._packed_mask(segments.to(self.device))
+        kwargs = dict(input_ids=ids.to(self.device), position_ids=(positions + n_prefix).to(self.device))
+        if cache is not None:
+            cache = copy.deepcopy(cache)  # the prefix stays reusable for the next batch
+            cache.batch_repeat_interleave(len(packs))
+            seen = torch.zeros((*mask.shape[:3], n_prefix), dtype=mask.dtype, device=mask.device)  # everyone sees the prefix
+            mask = torch.cat([seen, mask], dim=-1)
+            kwargs.update(use_cache=True, **{self._cache_arg: cache})
+        scored = self._score_positions(dict(kwargs, attention_mask=mask), spans)
+        out, start = [], 0
+        for p in packs:
+            out.append(scored[start : start + len(p.rows)])
+            start += len(p.rows)
+        return out
+
+    def _packed_inputs(self, packs: list[Pack]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Span]]:
+        """Token ids, positions and segments (0: the context, k: the k-th candidate, -1: padding) per packed row."""
+        width = max(p.length for p in packs)
+        ids = torch.full((len(packs), width), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((len(packs), width), dtype=torch.long)
+        segments = torch.full((len(packs), width), -1, dtype=torch.long)
+        spans = []
+        for b, p in enumerate(packs):
+            n = len(p.prefix)
+            ids[b, :n] = torch.tensor(p.prefix, dtype=torch.long)
+            positions[b, :n] = torch.arange(n)
+            segments[b, :n] = 0
+            at = n
+            for k, r in enumerate(p.rows, start=1):
+                m = len(r.tokens)
+                ids[b, at : at + m] = torch.tensor(r.tokens, dtype=torch.long)
+                positions[b, at : at + m] = torch.arange(n, n + m)
+                segments[b, at : at + m] = k
+                spans.append(Span(b, at + m - len(r.continuation), r.continuation))
+                at += m
+        return ids, positions, segments, spans
+
+    def _packed_mask(self, segments: torch.Tensor) -> torch.Tensor:
+        """Additive [batch, 1, query, key] mask: a query sees earlier keys of the context or of its own segment.
+        Padding (-1) sees the context and other padding, never nothing: an all-masked row would turn to NaN and
+        spread through the values."""
+        width = segments.shape[1]
+        causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
+        visible = causal & ((segments[:, None, :] == 0) | (segments[:, :, None] == segments[:, None, :]))
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=segments.device)
+        return mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[:, None]
+
+    def _packing_matches_plain(self) -> bool:
+        """Whether this model honours a 4D mask and explicit positions: a packed row of two candidates must score
+        as the two rows forwarded whole. Checked once at load; False keeps the KV-cache path."""
+        prefix, tails = [1, 2, 3, 4, 5], ([6, 7, 8], [9, 10])
+        pack = Pack(prefix, [Row(k, t, t[-2:]) for k, t in enumerate(tails)])
+        try:
+            with torch.no_grad():
+                ids, positions, segments, _ = self._packed_inputs([pack])
+                kwargs = dict(input_ids=ids.to(self.device), position_ids=positions.to(self.device), attention_mask=self._packed_mask(segments.to(self.device)))
+                packed = self.model(**kwargs).logits[0].float()
+                plain = self.model(input_ids=self._right_padded([prefix + t for t in tails]).to(self.device)).logits.float()
+        except Exception:  # an architecture that refuses a 4D mask or position_ids
+            return False
+        got = torch.cat([packed[5:8], packed[8:10]])
+        want = torch.cat([plain[0, 5:8], plain[1, 5:7]])
+        tol = 1e-4 if self.dtype == torch.float32 else 2e-2
+        return bool(torch.allclose(got, want, atol=tol, rtol=tol * 10))
