@@ -72,9 +72,9 @@ def _count_rows(db: Path) -> int:
 
 
 def _comparable(run_dir: Path) -> tuple[dict, dict]:
-    """Records, per-task metadata (minus cache counters) and every sample file: what must not change on resume."""
+    """Records, per-task metadata (minus cache counters and timings) and every sample file: what must not change on resume."""
     res = json.loads((run_dir / "results.json").read_text())
-    tasks = {name: {k: v for k, v in info.items() if k != "cache"} for name, info in res["tasks"].items()}
+    tasks = {name: {k: v for k, v in info.items() if k not in ("cache", "seconds")} for name, info in res["tasks"].items()}
     samples = {p.name: p.read_text() for p in sorted((run_dir / "samples").iterdir())}
     return {"records": res["records"], "tasks": tasks}, samples
 
