@@ -42,7 +42,7 @@ def check_inputs(
         load_template(task)
     report = load_contamination(contamination)
     spec = shot_spec if shot_spec is not None else settings.shots
-    shots_for = {task.name: shotplan.task_shots(spec, task) for task in loaded}
+    shots_for = {task.name: _allowed_shots(task, shotplan.task_shots(spec, task), echo) for task in loaded}
     every = tuple(dict.fromkeys(k for shots in shots_for.values() for k in shots))
     settings = dataclasses.replace(settings, data_dir=data_dir, shots=every)
     return Inputs(prepare_all(loaded, settings, shots_for), settings, report)
@@ -119,3 +119,19 @@ def backend_factory(name: str, server: dict[str, Any] | None = None) -> Callable
         known = ", ".join(["hf", "openai", *sorted(found)])
         raise IclEvalError(f"--backend {name}: no such backend; installed: {known} (a plugin adds one through the icl_eval.models entry-point group)")
     return found[name]  # type: ignore[return-value]
+
+
+def _allowed_shots(task, shots: tuple[int, ...], echo: Callable[[str], None]) -> tuple[int, ...]:
+    """The shot counts a task's kind allows (a document's perplexity takes no demonstrations): the others are left
+    out with a line, so `--tasks gpt3 --shots 0,1` runs PTB at 0; a task left with none is an error."""
+    from icl_eval.kinds import kind_of
+
+    most = kind_of(task.output_type, task.path).max_shots
+    if most is None:
+        return shots
+    allowed = tuple(k for k in shots if k <= most)
+    if not allowed:
+        raise IclEvalError(f"--shots {','.join(map(str, shots))}: task '{task.name}' ({task.output_type}) takes at most {most} demonstrations; run it with --shots {most}")
+    if allowed != shots:
+        echo(f"{task.name}: {task.output_type} takes at most {most} demonstrations: it runs at {','.join(map(str, allowed))} only")
+    return allowed

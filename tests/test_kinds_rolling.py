@@ -87,5 +87,10 @@ def test_demonstrations_are_refused_before_the_model_loads(tmp_path, capsys, mon
     monkeypatch.setattr(HFModel, "load", classmethod(lambda *a, **k: pytest.fail("the model must not load")))
     (tmp_path / "ptb").mkdir()
     (tmp_path / "ptb" / "ptb.test.txt").write_text(TEXT)
-    assert main(["run", "--model", "x", "--tasks", "ptb", "--shots", "0,1", "--data-dir", str(tmp_path)]) == 2
+    assert main(["run", "--model", "x", "--tasks", "ptb", "--shots", "1", "--data-dir", str(tmp_path)]) == 2
     assert "takes at most 0 demonstrations" in capsys.readouterr().err
+
+
+def test_a_shot_list_runs_a_zero_shot_only_task_at_zero(short_context_checkpoint, tmp_path, capsys):
+    result, _ = _run(short_context_checkpoint, tmp_path, capsys, "--no-cache", "--shots", "0,1")
+    assert {r["shots"] for r in result["records"]} == {0}
