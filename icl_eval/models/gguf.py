@@ -129,7 +129,7 @@ def _supported_architectures() -> list[str]:
         from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
     except ImportError:
         return []
-    return sorted(GGUF_SUPPORTED_ARCHITECTURES)
+    return sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # metadata sections, not models
 
 
 def _unsupported(path: str, architecture: str) -> IclEvalError:
