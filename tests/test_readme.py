@@ -68,7 +68,7 @@ def test_demo_runs_the_readme_worked_example(tmp_path, monkeypatch, capsys):
     (tmp_path / "tmp").mkdir()
     monkeypatch.delenv("ICL_EVAL_DATA_DIR", raising=False)
 
-    out, res, results_path = _demo_and_results(["--data-dir", str(data)], capsys)
+    out, res, results_path = _demo_and_results(["--tiny", "--data-dir", str(data)], capsys)
     readme_cmd = next(line for line in README.splitlines() if line.startswith("icl-eval run --model"))
     demo_cmd = next(line for line in out.splitlines() if line.startswith("running: icl-eval run")).removeprefix("running: ")
     for option in ("--tasks", "--shots", "--limit"):
@@ -82,11 +82,41 @@ def test_demo_runs_the_readme_worked_example(tmp_path, monkeypatch, capsys):
 
 def test_demo_without_lambada_data_runs_arithmetic_and_says_why(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("ICL_EVAL_DATA_DIR", raising=False)
-    out, res, _ = _demo_and_results(["--output", str(tmp_path / "out")], capsys)
+    out, res, _ = _demo_and_results(["--tiny", "--output", str(tmp_path / "out")], capsys)
     assert "lambada left out: no data for task 'lambada'" in out
     assert res["settings"]["tasks"] == ["arithmetic_2da"]
     assert res["tasks"]["arithmetic_2da"]["data_source"] == "generated:arithmetic"
     assert {r["shots"] for r in res["records"]} == {0, 1, 32}
+
+
+def _demo_command(monkeypatch, capsys, *argv: str) -> tuple[str, list[str]]:
+    """What `icl-eval demo` prints and the run it starts (not run: the model choice is what is tested here)."""
+    started = []
+    monkeypatch.setattr("icl_eval.cli.cmd_run", lambda args: started.append(args) or 0)
+    assert main(["demo", *argv]) == 0
+    (run,) = started
+    return capsys.readouterr().out, run
+
+
+def test_demo_runs_the_installed_real_model_on_three_tasks(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("gguf")
+    fake = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setattr("icl_eval.models.gguf.installed_smollm2", lambda: fake)
+    monkeypatch.delenv("ICL_EVAL_DATA_DIR", raising=False)
+    out, run = _demo_command(monkeypatch, capsys, "--data-dir", str(tmp_path / "no-data"))
+    assert run.model == str(fake) and run.shots == "0,1" and run.limit == 50
+    assert run.tasks == "arithmetic_2da"  # lambada and hellaswag have no data here and no generator
+    assert "lambada left out" in out and "hellaswag left out" in out and "DEMO: a real pretrained model" in out
+
+
+def test_demo_uses_the_hub_model_when_reachable_and_the_tiny_one_otherwise(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr("icl_eval.models.gguf.installed_smollm2", lambda: None)
+    monkeypatch.setattr("icl_eval.hub.hub_reachable", lambda: True)
+    out, run = _demo_command(monkeypatch, capsys, "--output", str(tmp_path))
+    assert run.model == "HuggingFaceTB/SmolLM2-135M" and "from the hub" in out
+    monkeypatch.setattr("icl_eval.hub.hub_reachable", lambda: False)
+    out, run = _demo_command(monkeypatch, capsys, "--output", str(tmp_path))
+    assert "No real model at hand" in out and "RANDOM weights" in out and run.shots == "0,1,32"
 
 
 @pytest.mark.parametrize("pattern", [r"this session", r"the issue", r"issue #?\d", r"we were told", r"lent to this task", r"our machines"])

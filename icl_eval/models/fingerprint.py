@@ -86,6 +86,12 @@ def content_digest(path: Path) -> str:
 
 def weight_file_digest(path: Path) -> str:
     """Name, size and full content of one weight file; a big file's digest is reused while its stat is unchanged."""
+    size = path.stat().st_size
+    return hashlib.sha256(f"{path.name}:{size}:{file_sha256(path)}".encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of every byte of the file, remembered between runs for a big file while its stat is unchanged."""
     st = path.stat()
     identity = _file_identity(st)
     if st.st_size < REMEMBER_ABOVE:
@@ -103,7 +109,7 @@ def weight_file_digest(path: Path) -> str:
                 store.pop(key, None)
                 store[key] = {**identity, "sha256": content}
                 _save_store(store)
-    return hashlib.sha256(f"{path.name}:{st.st_size}:{content}".encode()).hexdigest()
+    return content
 
 
 def folder_digest(folder: Path, names: tuple[str, ...] = (), suffixes: tuple[str, ...] = ()) -> str:

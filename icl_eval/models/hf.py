@@ -100,6 +100,8 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
     """The backend (requests.Model): loglikelihood and loglikelihood_rolling from LoglikelihoodScoring,
     generate from GreedyGeneration; the model, tokenizer, encoding and batch budget here."""
 
+    gguf: dict[str, Any] | None = None  # where a GGUF --model came from (models/gguf.py), for the model block
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -167,6 +169,13 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         dev = _device(device)  # first: a typo in --device should cost no file access
+        from icl_eval.models.gguf import find_gguf_file, converted_checkpoint
+
+        gguf_file = find_gguf_file(path)
+        gguf_source = None
+        if gguf_file is not None:  # a GGUF file loads as the safetensors folder it was converted to once
+            converted, gguf_source = converted_checkpoint(path, gguf_file)
+            path = str(converted)
         local = Path(path).expanduser()
         looks_local = path.startswith((".", "/", "~")) or local.exists()  # else it is a hub id like org/name
         if looks_local and not local.is_dir():
@@ -211,7 +220,10 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
         if not device_map:
             model.to(dev)
         name = local.name if local.is_dir() else path
-        return cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
+        loaded = cls(model, tokenizer, name=name, path=str(local.resolve()) if local.is_dir() else path, batch_size=batch_size, bos_policy=bos_policy)
+        if gguf_source is not None:
+            loaded.name, loaded.gguf = Path(gguf_source.file).name, gguf_source.describe()
+        return loaded
 
     def _context_window(self) -> int:
         cfg = self.model.config
@@ -271,6 +283,7 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
         return {
             "name": self.name, "path": self.path, "num_parameters": self.num_parameters, "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device), "fingerprint": self.fingerprint(), "max_length": self.max_length,
+            **({"gguf": self.gguf} if self.gguf else {}),  # file, sha256, quantisation types
         }
 
     def settings(self) -> dict[str, Any]:
