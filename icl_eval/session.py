@@ -42,7 +42,18 @@ def check_inputs(
         load_template(task)
     report = load_contamination(contamination)
     spec = shot_spec if shot_spec is not None else settings.shots
-    shots_for = {task.name: _allowed_shots(task, shotplan.task_shots(spec, task), echo) for task in loaded}
+    shots_for: dict[str, tuple[int, ...]] = {}
+    refusals = []
+    for task in loaded:
+        try:
+            shots_for[task.name] = _allowed_shots(task, shotplan.task_shots(spec, task), echo)
+        except IclEvalError as e:  # none of the shot counts fits this kind: the others still run
+            refusals.append(e)
+    if refusals and not shots_for:
+        raise refusals[0]
+    for e in refusals:
+        echo(f"skipped: {e}")
+    loaded = [task for task in loaded if task.name in shots_for]
     every = tuple(dict.fromkeys(k for shots in shots_for.values() for k in shots))
     settings = dataclasses.replace(settings, data_dir=data_dir, shots=every)
     return Inputs(prepare_all(loaded, settings, shots_for), settings, report)

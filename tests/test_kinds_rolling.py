@@ -94,3 +94,15 @@ def test_demonstrations_are_refused_before_the_model_loads(tmp_path, capsys, mon
 def test_a_shot_list_runs_a_zero_shot_only_task_at_zero(short_context_checkpoint, tmp_path, capsys):
     result, _ = _run(short_context_checkpoint, tmp_path, capsys, "--no-cache", "--shots", "0,1")
     assert {r["shots"] for r in result["records"]} == {0}
+
+
+def test_with_other_tasks_a_zero_shot_only_task_is_skipped_at_one_shot(short_context_checkpoint, tmp_path, capsys):
+    (tmp_path / "data" / "ptb").mkdir(parents=True)
+    (tmp_path / "data" / "ptb" / "ptb.test.txt").write_text(TEXT)
+    argv = ["run", "--model", str(short_context_checkpoint), "--tasks", "ptb,arithmetic_2da", "--shots", "1", "--limit", "3",
+            "--data-dir", str(tmp_path / "data"), "--output", str(tmp_path / "out"), "--no-cache"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "skipped: --shots 1: task 'ptb'" in out
+    result = json.loads(Path(out.strip().splitlines()[-1]).read_text())
+    assert {r["task"] for r in result["records"]} == {"arithmetic_2da"}
