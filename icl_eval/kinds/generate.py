@@ -31,11 +31,7 @@ class Generate(Kind):
         return [GenerationRequest(prompt.context, task.until, task.max_new_tokens, key)]
 
     def log(self, task: TaskConfig, prompt: Prompt, query: Example, results: list) -> tuple[dict[str, Any], bool]:
-        out: GenerationResult = results[0]
-        return {
-            "until": list(task.until), "max_new_tokens": task.max_new_tokens,
-            "generation_raw": out.raw, "generation": out.text.strip(), "references": list(query.references),
-        }, True
+        return {**generation_fields(task, results[0]), "references": list(query.references)}, True
 
     def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
         predictions = [s.fields["generation"] for s in samples]
@@ -43,6 +39,11 @@ class Generate(Kind):
         # Whole-task: a corpus metric's sentence statistics are extracted in one call.
         per_metric = {m: metrics.generation_items(m, predictions, references, task.normalizer) for m in task.metrics}
         return [{m: per_metric[m][i] for m in task.metrics} for i in range(len(samples))]
+
+
+def generation_fields(task: TaskConfig, out: GenerationResult) -> dict[str, Any]:
+    """What a generation example logs of its request and answer: the stripped text is what is scored."""
+    return {"until": list(task.until), "max_new_tokens": task.max_new_tokens, "generation_raw": out.raw, "generation": out.text.strip()}
 
 
 KIND = Generate()

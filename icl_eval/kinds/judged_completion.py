@@ -12,14 +12,14 @@ from typing import Any
 
 from icl_eval import metrics
 from icl_eval.errors import IclEvalError
-from icl_eval.kinds.base import Kind, Prompt
+from icl_eval.kinds.base import Prompt
+from icl_eval.kinds.generate import Generate, generation_fields
 from icl_eval.prompts import Example, check_target, choice_index, eval_expression, render_example, render_zero_shot
-from icl_eval.requests import GenerationRequest, GenerationResult, Request
 from icl_eval.results import SampleLog
 from icl_eval.task_config import TaskConfig
 
 
-class JudgedCompletion(Kind):
+class JudgedCompletion(Generate):  # the same request and generation log; its own example and scoring
     name = "judged_completion"
     allows_choices = True  # `gold`: the row's label
 
@@ -35,17 +35,10 @@ class JudgedCompletion(Kind):
         label = choice_index(task, eval_expression(task, "gold", doc, doc_id), 2, doc_id)
         return Example(doc_id, inp, tgt, gold=label, references=(tgt,), input_zero_shot=render_zero_shot(task, doc, doc_id))
 
-    def extra_tokens(self, task: TaskConfig) -> int:
-        return task.max_new_tokens
-
-    def requests(self, task: TaskConfig, key: str, prompt: Prompt, query: Example) -> list[Request]:
-        return [GenerationRequest(prompt.context, task.until, task.max_new_tokens, key)]
-
     def log(self, task: TaskConfig, prompt: Prompt, query: Example, results: list) -> tuple[dict[str, Any], bool]:
-        out: GenerationResult = results[0]
-        judged = metrics.exact_match(out.text.strip(), query.references, metrics.NORMALIZERS[task.normalizer])
-        return {"until": list(task.until), "max_new_tokens": task.max_new_tokens, "generation_raw": out.raw, "generation": out.text.strip(),
-                "proposed": query.target, "judged_true": bool(judged), "gold": query.gold}, True
+        fields = generation_fields(task, results[0])
+        judged = metrics.exact_match(fields["generation"], query.references, metrics.NORMALIZERS[task.normalizer])
+        return {**fields, "proposed": query.target, "judged_true": bool(judged), "gold": query.gold}, True
 
     def score(self, task: TaskConfig, queries: list[Example], results: list[list], samples: list[SampleLog]) -> list[dict[str, Any] | None]:
         return [{m: float(int(s.fields["judged_true"]) == q.gold) for m in task.metrics} for q, s in zip(queries, samples)]
