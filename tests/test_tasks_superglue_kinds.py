@@ -8,7 +8,6 @@ end to end on a tiny random model at 0 and 1 shots."""
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import re
@@ -22,6 +21,7 @@ from icl_eval.cli import main
 from icl_eval.evaluator import NoContextLimit, Settings, build_prompt, prepare, score_task
 from icl_eval.registry import load_task
 from tests.fakes import ScriptedModel
+from test_tasks_reading import _run_prompt  # the `icl-eval prompt` output, parsed
 
 WSC_HEAD = ("Final Exam with Answer Key\nInstructions: Please carefully read the following passages. For each passage, you must "
             "identify which noun the pronoun marked in *bold* refers to.\n=====\n")
@@ -107,14 +107,6 @@ def _wsc_item(row: dict) -> tuple[str, str]:
         passage = passage.replace(" " + tok, tok)
     return (f"Passage: {passage}\nQuestion: In the passage above, what does the pronoun \"*{t['span2_text']}*\" refer to?\nAnswer:",
             t["span1_text"].lower())
-
-
-def _run_prompt(task: str, shots: int, index: int, data: Path, capsys) -> tuple[list[int], str, str]:
-    assert main(["prompt", task, "--shots", str(shots), "--index", str(index), "--data-dir", str(data)]) == 0
-    out, err = capsys.readouterr()
-    ids = ast.literal_eval(re.search(r"demonstrations (\[[0-9, ]*\])", err).group(1))
-    lines = out.split("\n--- repr ---\n", 1)[1].splitlines()
-    return ids, ast.literal_eval(lines[0]), ast.literal_eval(lines[1])
 
 
 @pytest.mark.parametrize("shots", [0, 1, 3])
