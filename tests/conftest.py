@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import icl_eval  # noqa: F401 -- first: it hides media packages built for another torch before transformers looks
+
 # No test may reach a hub: data and models come from the test itself or from shared/.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

