@@ -54,11 +54,25 @@ class Echoed:
 
 # --- parsing a completions response (pure functions) ---------------------------------------
 
-def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -> tuple[list[str], list[int], list[Any], list[Any], int]:
-    """(tokens, offsets, token log-probs, top log-probs, shift) of the echoed prompt, generated tokens left out.
+@dataclass(frozen=True)
+class _Spelling:
+    """How the echoed tokens spell the prompt: from `shift` on (a BOS the server adds is a token of its own,
+    e.g. "<s>", before the prompt's first character, and the offsets count it), with or without its U+FFFD
+    characters: vLLM's detokenizer takes the bytes of a U+FFFD for an unfinished character and spells them ""."""
 
-    `shift` is where the prompt starts in the tokens' text: a BOS the server adds is a token of its own
-    (e.g. "<s>") before the prompt's first character, and the offsets count it."""
+    shift: int
+    drops_replacement: bool
+
+    def at(self, prompt: str, i: int) -> int:
+        """The offset, in the server's text, of the prompt's character `i`."""
+        return self.shift + (len(prompt[:i].replace(REPLACEMENT, "")) if self.drops_replacement else i)
+
+
+REPLACEMENT = "\ufffd"
+
+
+def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -> tuple[list[str], list[int], list[Any], list[Any], _Spelling]:
+    """(tokens, offsets, token log-probs, top log-probs, spelling) of the echoed prompt, generated tokens left out."""
     lp = choice.get("logprobs")
     if not isinstance(lp, dict) or not isinstance(lp.get("token_logprobs"), list) or not lp["token_logprobs"]:
         raise IclEvalError(
@@ -72,13 +86,17 @@ def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -
             "icl-eval places the context/continuation boundary on the server's own offsets and cannot score without them"
         )
     text = "".join(t if isinstance(t, str) else "" for t in tokens)
+    spelled, drops = prompt, False
     shift = text.find(prompt)
+    if shift < 0 and REPLACEMENT in prompt:  # text with mojibake in it (StoryCloze has "It���s")
+        spelled, drops = prompt.replace(REPLACEMENT, ""), True
+        shift = text.find(spelled)
     if shift < 0:
         raise IclEvalError(
             f"{where}: the server's log-probabilities do not cover the prompt (its tokens spell {text[:60]!r}, the prompt is {prompt[:60]!r}): "
             "it ignored `echo: true` and scored only generated tokens, which would give chance-level scores; use a server that echoes prompt log-probabilities (e.g. vLLM)"
         )
-    end = shift + len(prompt)
+    end = shift + len(spelled)
     n = sum(1 for o in offsets if isinstance(o, int) and o < end)
     expected = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     # A prompt token spelled "" (the rest of a character split over byte tokens) may sit at the very end.
@@ -91,7 +109,7 @@ def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -
         )
     top = lp.get("top_logprobs")
     top = top[:n] if isinstance(top, list) and len(top) >= n else [None] * n
-    return tokens[:n], offsets[:n], lp["token_logprobs"][:n], top, shift
+    return tokens[:n], offsets[:n], lp["token_logprobs"][:n], top, _Spelling(shift, drops)
 
 
 def _first_from(tokens: list[str], offsets: list[int], boundary: int) -> int:
@@ -116,8 +134,13 @@ def split_echo(choice: dict, usage: dict | None, context: str, continuation: str
     `context` has had its trailing whitespace moved onto `continuation` already. A token belongs to the
     continuation when it starts at or after the boundary or straddles it."""
     prompt = context + continuation
-    tokens, offsets, logprobs, top, shift = _prompt_entries(choice, usage, prompt, where)
-    first = _first_from(tokens, offsets, shift + len(context))
+    tokens, offsets, logprobs, top, spelling = _prompt_entries(choice, usage, prompt, where)
+    boundary = spelling.at(prompt, len(context))
+    first = _first_from(tokens, offsets, boundary)
+    if spelling.drops_replacement and context.endswith(REPLACEMENT) and continuation[:1].isascii():
+        # The context's last U+FFFD is spelled by "" tokens at the boundary; an ASCII character (one byte) never is.
+        while first < len(tokens) and tokens[first] == "" and offsets[first] == boundary:
+            first += 1
     if first == len(tokens):
         raise IclEvalError(f"{where}: the server's tokens end before the continuation {continuation[:40]!r}; it cannot be scored")
     scored = logprobs[first:]
@@ -132,8 +155,8 @@ def split_echo(choice: dict, usage: dict | None, context: str, continuation: str
 
 def split_document(choice: dict, usage: dict | None, text: str, where: str = "/v1/completions") -> list[float]:
     """Every token's log-prob of an echoed document: its first token needs a BOS before it (one server token)."""
-    tokens, offsets, logprobs, _, shift = _prompt_entries(choice, usage, text, where)
-    first = _first_from(tokens, offsets, shift)
+    tokens, offsets, logprobs, _, spelling = _prompt_entries(choice, usage, text, where)
+    first = _first_from(tokens, offsets, spelling.shift)
     scored = logprobs[first:]
     if scored and scored[0] is None:
         raise IclEvalError(
