@@ -38,10 +38,19 @@ from icl_eval.rolling import count_bytes, count_words
 DEFAULT_CONCURRENCY = 8
 TRIES = 5  # per request: the first try and four retries, 0.5 s, 1 s, 2 s, 4 s apart (times `backoff`)
 SERVER_INFO_KEYS = ("id", "owned_by", "root", "parent", "max_model_len")  # what a cache namespace may rely on (not `created`)
+FINGERPRINT_PROMPT = "0"  # one generated token asked at load, for the `system_fingerprint` every completion carries
 
 
 class _Transient(Exception):
     """A failure worth retrying: 429, 5xx, a timeout, a refused or dropped connection."""
+
+
+class Refused(IclEvalError):
+    """The server answered with an HTTP client error (4xx other than 429)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -240,14 +249,14 @@ class Client:
         except ValueError:
             raise IclEvalError(f"{method} {url}: the server's answer is not JSON ({raw[:80]!r}); is --base-url an OpenAI-compatible API (ending in /v1)?") from None
 
-    def _client_error(self, method: str, url: str, code: int, detail: str) -> IclEvalError:
+    def _client_error(self, method: str, url: str, code: int, detail: str) -> Refused:
         if code in (401, 403):
             env = self.api_key_env or "OPENAI_API_KEY"
             have = "was sent" if self._api_key else "was not set"
-            return IclEvalError(f"{method} {url}: HTTP {code}{detail}: the server refused the API key (it {have}); put the key in the environment variable ${env} or name another with --api-key-env VAR")
+            return Refused(f"{method} {url}: HTTP {code}{detail}: the server refused the API key (it {have}); put the key in the environment variable ${env} or name another with --api-key-env VAR", code)
         if code == 404:
-            return IclEvalError(f"{method} {url}: HTTP 404{detail}: no such endpoint or model; --base-url should end in /v1 (e.g. http://HOST:8000/v1) and --model be an id GET {self.base_url}/models lists")
-        return IclEvalError(f"{method} {url}: HTTP {code}{detail}")
+            return Refused(f"{method} {url}: HTTP 404{detail}: no such endpoint or model; --base-url should end in /v1 (e.g. http://HOST:8000/v1) and --model be an id GET {self.base_url}/models lists", code)
+        return Refused(f"{method} {url}: HTTP {code}{detail}", code)
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:
@@ -322,7 +331,8 @@ class OpenAIServerModel:
         else:
             api_key = os.environ.get("OPENAI_API_KEY") or None
         client = Client(base_url, api_key, api_key_env, timeout=timeout, backoff=backoff)
-        return cls(client, model, server_model_info(client, model), max_length=max_length, concurrency=concurrency or DEFAULT_CONCURRENCY, tokenizer=tokenizer)
+        info = {**server_model_info(client, model), **system_fingerprint(client, model)}
+        return cls(client, model, info, max_length=max_length, concurrency=concurrency or DEFAULT_CONCURRENCY, tokenizer=tokenizer)
 
     # --- what the results say ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -338,8 +348,10 @@ class OpenAIServerModel:
         }
 
     def fingerprint(self) -> str:
-        """The served model's name and what the server says about it; not the host or port, so a restarted server
-        (on another port) reuses the cache, and not `created` (a timestamp of the request on vLLM)."""
+        """The served model's name and what the server says about it, `system_fingerprint` included (vLLM hashes its
+        whole configuration into it: a server restarted with another --dtype gets another key, while GET /v1/models
+        reads the same); not the host or port, so a restarted server (on another port) reuses the cache, and not
+        `created` (a timestamp of the request on vLLM)."""
         blob = json.dumps({"backend": "openai", "model": self.name, "server": self.info}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -507,3 +519,16 @@ def server_model_info(client: Client, model: str) -> dict[str, Any]:
         served = ", ".join(str(d.get("id")) for d in entries[:8]) or "none"
         raise IclEvalError(f"--model {model}: the server at {client.base_url} does not serve it; it serves: {served}")
     return {k: found[k] for k in SERVER_INFO_KEYS if k in found and isinstance(found[k], (str, int, float, bool))}
+
+
+def system_fingerprint(client: Client, model: str) -> dict[str, str]:
+    """{"system_fingerprint": ...} from one tiny completion, where the server reports one (vLLM, llama.cpp);
+    {} where it does not or refuses the probe (a server that takes no completions fails on the first request)."""
+    try:
+        answer = client.post(client.base_url + "/completions", {"model": model, "prompt": FINGERPRINT_PROMPT, "max_tokens": 1, "temperature": 0})
+    except Refused as e:
+        if e.code in (401, 403):
+            raise
+        return {}
+    value = answer.get("system_fingerprint") if isinstance(answer, dict) else None
+    return {"system_fingerprint": value} if isinstance(value, str) and value else {}
