@@ -184,14 +184,18 @@ class Differences:
     scored: int = 0
     generations: int = 0
     identical_generations: int = 0
-    # identical but for trailing U+FFFD on one side: max_new_tokens ended inside a multi-byte character, whose
-    # bytes Hugging Face's decode spells U+FFFD and vLLM's incremental detokenizer holds back for good
-    unfinished_character: int = 0
+    # identical but for trailing U+FFFD on one side: the generation ended in bytes that are no UTF-8 (yet), which
+    # Hugging Face's decode spells U+FFFD and vLLM's incremental detokenizer holds back for good
+    undecodable_tail: int = 0
     mismatches: list[str] = field(default_factory=list)  # anything else that differs, one line each
 
     def summary(self) -> str:
         return (f"{self.scored} scored, max |dLL| {self.max_dll:.3g}; {self.identical_generations}/{self.generations} generations identical, "
-                f"{self.unfinished_character} more but for an unfinished last character; {len(self.mismatches)} other differences")
+                f"{self.undecodable_tail} more but for trailing undecodable bytes; {len(self.mismatches)} other differences")
+
+
+def same_but_undecodable_tail(x: str, y: str) -> bool:
+    return x != y and x.rstrip(REPLACEMENT) == y.rstrip(REPLACEMENT) and (x.endswith(REPLACEMENT) != y.endswith(REPLACEMENT))
 
 
 def compare(a: Model, b: Model, requests: list[Request]) -> Differences:
@@ -212,10 +216,12 @@ def compare(a: Model, b: Model, requests: list[Request]) -> Differences:
             out.generations += 1
             if x.text == y.text:
                 out.identical_generations += 1
-            elif x.text.rstrip(REPLACEMENT) == y.text.rstrip(REPLACEMENT) and request.max_new_tokens in (x.n_tokens, y.n_tokens):
-                out.unfinished_character += 1
+            elif same_but_undecodable_tail(x.text, y.text) and request.max_new_tokens in (x.n_tokens, y.n_tokens):
+                out.undecodable_tail += 1
             else:
                 out.mismatches.append(f"{request!r}: generated {x.text!r} != {y.text!r}")
+            if x.n_tokens != y.n_tokens:
+                out.mismatches.append(f"{request!r}: generated {x.n_tokens} tokens != {y.n_tokens}")
     return out
 
 
@@ -290,6 +296,7 @@ def greedy_continuations(model: Model, contexts: list[str]) -> list[Loglikelihoo
 def test_the_server_reports_the_model_and_scores_by_echo(server, served_model, checkpoint):
     info = served_model.describe()["server"]
     assert info["id"] == SERVED_NAME and info["max_model_len"] == 512 and info["root"] == str(checkpoint)
+    assert info["system_fingerprint"].startswith("vllm-")  # a hash of the server's configuration: part of the cache key
     assert served_model.max_length == 512
     served_model.loglikelihood([LoglikelihoodRequest(QUESTION, " 143")])
     assert served_model._scoring_max_tokens in (0, 1)
@@ -301,5 +308,88 @@ def test_server_agrees_with_hf_per_example(served_model, hf_model):
     diff = compare(hf_model, served_model, requests)
     print("\nopenai (vllm serve) vs hf:", diff.summary(), file=sys.stderr)
     assert diff.max_dll < TOLERANCE, diff.mismatches
-    assert (diff.identical_generations + diff.unfinished_character) / diff.generations >= 0.99, diff.mismatches
+    assert (diff.identical_generations + diff.undecodable_tail) / diff.generations >= 0.99, diff.mismatches
     assert not diff.mismatches, diff.mismatches
+
+
+# --- a whole run ---------------------------------------------------------------------------------
+
+LAMBADA = ["The cat sat on the mat and looked at the dog", "She opened the door and saw her friend",
+           "It\ufffd\ufffd\ufffds very quiet at night and she heard the owl", "They walked along the river until they reached the bridge"]
+PTB = (" no it was n't black monday \n but while the new york stock exchange did n't fall apart friday as the dow jones industrial average"
+       " plunged N points \n some circuit breakers installed after the october N crash failed their first test traders say \n")
+RUN_TASKS = "lambada,hellaswag,triviaqa,arithmetic_2da,ptb"  # greedy log-likelihood, multiple choice, generation, rolling
+
+
+def _write_data(root: Path) -> Path:
+    from tasks_inline_data import write_inline_data
+
+    write_inline_data(root)
+    (root / "lambada").mkdir(parents=True, exist_ok=True)
+    (root / "lambada/lambada_test.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in LAMBADA), encoding="utf-8")
+    (root / "ptb").mkdir(parents=True, exist_ok=True)
+    (root / "ptb/ptb.test.txt").write_text(PTB, encoding="utf-8")  # one document: it must fit the server's 512 tokens
+    return root
+
+
+def _samples(out: Path) -> dict[tuple[str, int, int], dict]:
+    rows = {}
+    for path in sorted(out.glob("*/samples/*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            rows[row["task"], row["shots"], row["doc_id"]] = row
+    return rows
+
+
+def _walk(a, b, where: str, out: Differences) -> None:
+    """Every field of two sample rows: numbers within TOLERANCE, the rest equal; generations as compare() counts them."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            out.mismatches.append(f"{where}: fields {sorted(a)} != {sorted(b)}")
+        for k in a.keys() & b.keys():
+            if k == "generation":
+                out.generations += 1
+                if a[k] == b[k]:
+                    out.identical_generations += 1
+                elif same_but_undecodable_tail(a[k], b[k]):
+                    out.undecodable_tail += 1
+                else:
+                    out.mismatches.append(f"{where}.generation: {a[k]!r} != {b[k]!r}")
+            elif k != "generation_raw":  # HF keeps the rest of the token that held the stop sequence; a server cannot
+                _walk(a[k], b[k], f"{where}.{k}", out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            _walk(x, y, f"{where}[{i}]", out)
+    elif isinstance(a, float) and isinstance(b, float):
+        out.scored += where.endswith("loglikelihood")
+        out.max_dll = max(out.max_dll, abs(a - b))
+        if not abs(a - b) < TOLERANCE:
+            out.mismatches.append(f"{where}: {a!r} != {b!r}")
+    elif a != b:
+        out.mismatches.append(f"{where}: {a!r} != {b!r}")
+
+
+def test_a_run_on_the_server_agrees_with_a_run_on_hf(server, checkpoint, tmp_path, capsys):
+    from icl_eval.cli import main
+
+    data = _write_data(tmp_path / "data")
+    common = ["--tasks", RUN_TASKS, "--shots", "0,1", "--limit", "4", "--data-dir", str(data), "--no-cache"]
+    began = time.monotonic()
+    assert main(["run", "--model", str(checkpoint), "--dtype", "float32", *common, "--output", str(tmp_path / "hf")]) == 0
+    hf_s = time.monotonic() - began
+    began = time.monotonic()
+    assert main(["run", "--backend", "openai", "--base-url", server.url, "--model", server.name, "--concurrency", "4", *common, "--output", str(tmp_path / "openai")]) == 0
+    server_s = time.monotonic() - began
+    capsys.readouterr()
+    hf, served = _samples(tmp_path / "hf"), _samples(tmp_path / "openai")
+    assert hf.keys() == served.keys() and {task for task, _, _ in hf} == set(RUN_TASKS.split(","))
+    diff = Differences()
+    for key in sorted(hf):
+        _walk(hf[key], served[key], "/".join(map(str, key)), diff)
+    with capsys.disabled():
+        print(f"\nrun, openai (vllm serve) vs hf: {len(hf)} samples, {diff.summary()}; wall {server_s:.1f} s vs {hf_s:.1f} s", file=sys.stderr)
+    assert diff.scored > 50 and diff.generations == 8
+    assert not diff.mismatches, diff.mismatches
+    assert diff.max_dll < TOLERANCE
+    result = json.loads(next((tmp_path / "openai").glob("*/results.json")).read_text())
+    assert result["model"]["server"]["system_fingerprint"].startswith("vllm-")
