@@ -115,16 +115,15 @@ def from_tokenizer(tokenizer: Any, where: str, multiturn: bool = False, backend_
 
 
 def tokenizer_location(model: str, backend: str, tokenizer: str | None) -> str:
-    """Where the run's tokenizer is: --tokenizer when given (--backend openai), else --model (a GGUF file's
-    converted folder: the conversion is the one the model load reads)."""
-    if tokenizer:
-        return tokenizer
-    if backend == "openai":
+    """Where the run's tokenizer is: --tokenizer when given (--backend openai, `icl-eval prompt`), else --model; a
+    GGUF file's is its converted folder (the conversion the model load then reads)."""
+    if not tokenizer and backend == "openai":
         raise IclEvalError("--chat-template with --backend openai needs --tokenizer PATH_OR_ID: the served model's tokenizer, whose chat template is applied to each prompt")
     from icl_eval.models.gguf import converted_checkpoint, find_gguf_file
 
-    gguf_file = find_gguf_file(model)
-    return str(converted_checkpoint(model, gguf_file)[0]) if gguf_file is not None else model
+    where = tokenizer or model
+    gguf_file = find_gguf_file(where)
+    return str(converted_checkpoint(where, gguf_file)[0]) if gguf_file is not None else where
 
 
 def load(

@@ -262,3 +262,6 @@ def test_real_chat_model_end_to_end(request, tmp_path, capsys, monkeypatch):
     assert sample["context"].startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     assert sample["context"].count("<|im_start|>assistant\n") == 2 and sample["context"].endswith("<|im_start|>assistant\n")
     assert all(r["n"] == 5 for r in res["records"]) and {r["shots"] for r in res["records"]} == {0, 1}
+    # `icl-eval prompt` reads the same template from the GGUF file given as --tokenizer.
+    assert main(["prompt", "arithmetic_2da", "--index", str(sample["doc_id"]), "--chat-template", "--tokenizer", str(model)]) == 0
+    assert capsys.readouterr().out.startswith("--- prompt (verbatim, between the markers) ---\n<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
