@@ -58,6 +58,30 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234, help="seed for demonstrations and --limit subsets (default 1234)")
 
 
+def _add_chat_options(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument("--chat-template", action="store_true", help=f"render each prompt as a conversation through the chat template of {where} (chat-tuned models; off: the plain GPT-3 prompts base models take)")
+    p.add_argument("--fewshot-as-multiturn", action="store_true", help="with --chat-template: each demonstration as an earlier user turn and its answer as the assistant's (default: all of them in the one user turn)")
+
+
+def _chat_format(args: argparse.Namespace, shots: Sequence[int | str], backend: str = "hf", bos: str = "tokenizer"):
+    """The run's chat format (icl_eval/chat.py), or None for plain prompts; loads only the tokenizer."""
+    multiturn = getattr(args, "fewshot_as_multiturn", False)
+    if not getattr(args, "chat_template", False):
+        if multiturn:
+            raise IclEvalError("--fewshot-as-multiturn needs --chat-template: it lays the demonstrations out as chat turns")
+        return None
+    if multiturn and all(k == 0 for k in shots):
+        raise IclEvalError(f"--fewshot-as-multiturn with --shots {','.join(map(str, shots))}: no demonstrations to lay out as turns; give a shot count >= 1 or drop --fewshot-as-multiturn")
+    from icl_eval import chat
+
+    model = getattr(args, "model", None)
+    if model is None and not args.tokenizer:
+        raise IclEvalError("--chat-template needs --tokenizer PATH_OR_ID here: the checkpoint folder, hub id or .gguf file whose chat template to apply")
+    # --tokenizer names the template's tokenizer only where there is no local model: `prompt`, --backend openai.
+    tokenizer = args.tokenizer if model is None or backend == "openai" else None
+    return chat.load(model or args.tokenizer, backend, tokenizer, multiturn, bos, getattr(args, "trust_remote_code", False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="icl-eval", description="Zero-, one- and few-shot evaluation of causal language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cache", default=None, metavar="PATH", help="SQLite response cache (default OUTPUT/.cache/responses.sqlite); rerunning a command resumes from it")
     run.add_argument("--no-cache", action="store_true", help="compute every response, store none")
     run.add_argument("--contamination", default=None, metavar="REPORT", help="contamination.json: also score clean and dirty examples apart")
+    _add_chat_options(run, "the model's tokenizer (--tokenizer with --backend openai)")
     server = run.add_argument_group("--backend openai (an OpenAI-compatible server: vLLM, llama.cpp, ...)")
     server.add_argument("--base-url", default=None, metavar="URL", help="the API's base, e.g. http://localhost:8000/v1")
     server.add_argument("--api-key-env", default=None, metavar="VAR", help="environment variable holding the API key (default: OPENAI_API_KEY when set); the key is never written anywhere")
@@ -99,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--shots", type=int, default=0)
     prompt.add_argument("--index", type=int, default=0, help="doc id of the example")
     prompt.add_argument("--fewshot-mode", default="per_example", choices=FEWSHOT_MODES)
+    _add_chat_options(prompt, "--tokenizer")
+    prompt.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID", help="with --chat-template: the checkpoint folder, hub id or .gguf file whose chat template to apply")
     _add_task_options(prompt)
 
     validate = sub.add_parser("validate", help="check a task YAML file, render every document, print one prompt")
@@ -158,7 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise IclEvalError(f"--limit {args.limit}: must be a positive number of examples")
     refuse_conflicting(args.no_cache, args.cache, args.output)
-    settings = Settings(seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode)
+    chat = _chat_format(args, shots, args.backend, args.bos)  # the tokenizer alone: its chat template is checked before the model loads
+    settings = Settings(seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode, chat=chat)
     inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination, shot_spec=shots)
     load_backend = backend_factory(args.backend, server_options(args))
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
@@ -243,13 +271,19 @@ def _print_columns(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None
 
 
 def _show_prompt(task, args: argparse.Namespace) -> None:
-    from icl_eval.evaluator import NoContextLimit, Settings, build_prompt, prepare
+    from icl_eval.evaluator import NoContextLimit, Settings, build_prompt, prepare, refuse_chat
 
-    prep = prepare(task, Settings(shots=(args.shots,), seed=args.seed, data_dir=args.data_dir))
+    if getattr(args, "tokenizer", None) and not getattr(args, "chat_template", False):
+        raise IclEvalError(f"--tokenizer {args.tokenizer}: only used with --chat-template (the plain prompt needs no tokenizer); add --chat-template or drop it")
+    chat = _chat_format(args, (args.shots,))
+    settings = Settings(shots=(args.shots,), seed=args.seed, data_dir=args.data_dir, chat=chat)
+    refuse_chat(task, settings)
+    prep = prepare(task, settings)
     if not 0 <= args.index < len(prep.docs):
         raise IclEvalError(f"--index {args.index}: task '{task.name}' has doc ids 0..{len(prep.docs) - 1}")
-    p = build_prompt(prep, args.index, args.shots, args.seed, NoContextLimit(), fewshot_mode=getattr(args, "fewshot_mode", "per_example"))
-    print(f"=== {task.name}, {args.shots}-shot, doc {args.index}, demonstrations {list(p.fewshot_ids)}, data {prep.source} ===", file=sys.stderr)
+    p = build_prompt(prep, args.index, args.shots, args.seed, NoContextLimit(), fewshot_mode=getattr(args, "fewshot_mode", "per_example"), chat=chat)
+    shown = "" if chat is None else f", chat template of {chat.tokenizer} ({'demonstrations as turns' if chat.multiturn else 'one user turn'}, description as {'a system turn' if chat.description_as == 'system' else 'the head of the first user turn'})"
+    print(f"=== {task.name}, {args.shots}-shot, doc {args.index}, demonstrations {list(p.fewshot_ids)}, data {prep.source}{shown} ===", file=sys.stderr)
     print("--- prompt (verbatim, between the markers) ---")
     sys.stdout.write(p.context)
     print("\n--- continuation ---")

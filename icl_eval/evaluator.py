@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -15,10 +15,14 @@ from icl_eval import fewshot, metrics
 from icl_eval.data import load_source
 from icl_eval.errors import IclEvalError
 from icl_eval.kinds import Kind, Prompt, kind_of
+from icl_eval.chat import continuation as chat_continuation
 from icl_eval.prompts import Example, assemble, description_for, prompt_hash, template_hash
 from icl_eval.requests import Model, Request, Result, call_model
 from icl_eval.results import Record, RunResult, SampleLog, TaskSummary, new_run_id, now
 from icl_eval.task_config import TaskConfig
+
+if TYPE_CHECKING:
+    from icl_eval.chat import ChatFormat
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class Settings:
     data_dir: str | None = None
     log_samples: bool = True
     fewshot_mode: str = "per_example"  # or "fixed": one seeded demonstration set per task and K for every example
+    chat: ChatFormat | None = None  # --chat-template: prompts rendered as conversations by the tokenizer's template
 
 
 @dataclass
@@ -81,6 +86,12 @@ def prepare(task: TaskConfig, settings: Settings) -> PreparedTask:
     return PreparedTask(task, docs, source, pool, task.fewshot is None, ids)
 
 
+def refuse_chat(task: TaskConfig, settings: Settings) -> None:
+    """A kind whose prompts cannot be conversations (a document's perplexity) refuses --chat-template."""
+    if settings.chat is not None and not kind_of(task.output_type, task.path).takes_turns:
+        raise IclEvalError(f"--chat-template: task '{task.name}' ({task.output_type}) scores whole documents, which have no turns to put a chat template around; run it without --chat-template")
+
+
 def prepare_all(tasks: list[TaskConfig], settings: Settings, shots_for: dict[str, tuple[int, ...]] | None = None) -> list[PreparedTask]:
     """Every task's data, checked as far as it can be without a model, so a bad input costs no load time.
 
@@ -94,6 +105,7 @@ def prepare_all(tasks: list[TaskConfig], settings: Settings, shots_for: dict[str
         most = kind_of(task.output_type, task.path).max_shots
         if most is not None and max(shots) > most:
             raise IclEvalError(f"--shots {max(shots)}: task '{task.name}' ({task.output_type}) takes at most {most} demonstrations; run it with --shots {most}")
+        refuse_chat(task, settings)
         prep = prepare(task, settings)
         prep.shots = tuple(shots)
         fewshot.draw(task.name, settings.seed, prep.doc_ids[0], max(shots), len(prep.pool), prep.same_split, prep.same_group(prep.doc_ids[0]))  # fail fast on K
@@ -120,16 +132,32 @@ def _fits(model: Model, context: str, continuation: str, extra: int) -> bool:
     return model.count_tokens(context) + model.count_tokens(continuation) <= budget
 
 
-def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0, fewshot_mode: str = "per_example") -> Prompt:
-    """The prompt for one example at K shots; whole demonstrations drop from the front until it fits."""
+def build_prompt(
+    prep: PreparedTask, doc_id: int, k: int, seed: int, model: Model, extra_tokens: int = 0, fewshot_mode: str = "per_example",
+    chat: ChatFormat | None = None,
+) -> Prompt:
+    """The prompt for one example at K shots; whole demonstrations drop from the front until it fits.
+
+    With `chat`, each context is the conversation of the same pieces rendered by the chat template, and each
+    continuation loses its target delimiter (icl_eval/chat.py)."""
     task, kind = prep.task, prep.kind
     draw = fewshot.draw_fixed if fewshot_mode == "fixed" else fewshot.draw
     ids = draw(task.name, seed, doc_id, k, len(prep.pool), prep.same_split, prep.same_group(doc_id))
     query = prep.example(doc_id)
     demos = [prep.example(i, from_pool=True) for i in ids]
     description = description_for(task, k)
+    # The query's own (context, continuation) pairs with nothing before them: the user's last turn in chat mode.
+    bare = kind.pairs(task, "", query, k) if chat is not None else []
+    rendered: dict[tuple[int, str], str] = {}
+
+    def chat_context(n: int, text: str) -> str:
+        if (n, text) not in rendered:  # candidates sharing one query render it once
+            rendered[n, text] = chat.context(description, demos[n:], text, task.fewshot_delimiter, task.target_delimiter)
+        return rendered[n, text]
 
     def pairs_after_dropping(n: int) -> list[tuple[str, str]]:
+        if chat is not None:
+            return [(chat_context(n, c), chat_continuation(t, task.target_delimiter)) for c, t in bare]
         # assemble() with an empty query is everything before the query: description and demonstrations.
         prefix = assemble(description, demos[n:], "", task.fewshot_delimiter, task.target_delimiter)
         return kind.pairs(task, prefix, query, k)
@@ -155,7 +183,11 @@ def build_prompt(prep: PreparedTask, doc_id: int, k: int, seed: int, model: Mode
             low = mid + 1
     dropped = low
     pairs = pairs_after_dropping(dropped)
-    context, target = kind.gold_pair(task, query, pairs)
+    if chat is None:
+        context, target = kind.gold_pair(task, query, pairs)
+    else:  # the kind picks its gold from the bare pairs, so a delimiter is dropped exactly once
+        bare_context, bare_target = kind.gold_pair(task, query, bare)
+        context, target = chat_context(dropped, bare_context), chat_continuation(bare_target, task.target_delimiter)
     return Prompt(doc_id, tuple(ids[dropped:]), context, target, dropped, tuple(pairs))
 
 
@@ -182,16 +214,18 @@ class TaskRun:
     cache: dict[str, int]
 
 
-def task_key(task: TaskConfig) -> str:
-    """What every request of a task carries: the response cache keys on it (config and template hash)."""
-    return f"{task.config_hash()}:{template_hash(task)}"
+def task_key(task: TaskConfig, chat: ChatFormat | None = None) -> str:
+    """What every request of a task carries: the response cache keys on it (config and template hash, and the
+    chat format when prompts are conversations)."""
+    plain = f"{task.config_hash()}:{template_hash(task)}"
+    return plain if chat is None else f"{plain}:{chat.key()}"
 
 
 def _ask(prep: PreparedTask, k: int, model: Model, settings: Settings) -> tuple[list[Prompt], list[list[Result]], dict[str, int]]:
     """Prompts for one task at K shots, and per prompt the results of its requests (one backend call)."""
     task, kind = prep.task, prep.kind
-    prompts = [build_prompt(prep, d, k, settings.seed, model, kind.extra_tokens(task), settings.fewshot_mode) for d in prep.doc_ids]
-    key = task_key(task)
+    prompts = [build_prompt(prep, d, k, settings.seed, model, kind.extra_tokens(task), settings.fewshot_mode, settings.chat) for d in prep.doc_ids]
+    key = task_key(task, settings.chat)
     asked: list[list[Request]] = [kind.requests(task, key, p, prep.example(p.doc_id)) for p in prompts]
     flat = [r for rs in asked for r in rs]
     bar, progress = _progress_bar(len(set(flat)), f"{task.name} {k}-shot")
@@ -297,6 +331,7 @@ def _settings_block(model: Model, prepared: list[PreparedTask], settings: Settin
     block: dict[str, Any] = {
         "tasks": [p.task.name for p in prepared], "shots": list(settings.shots), "seed": settings.seed, "limit": settings.limit,
         "fewshot_mode": settings.fewshot_mode, "data_dir": settings.data_dir, "processes": 1, "cache": None,
+        "chat_template": None if settings.chat is None else settings.chat.describe(),  # None: plain GPT-3 prompts
     }
     if any(p.shots and p.shots != settings.shots for p in prepared):  # --shots fewshot: each task's own K
         block["shots_per_task"] = {p.task.name: list(p.shots or settings.shots) for p in prepared}

@@ -248,5 +248,32 @@ def assemble(description: str, demos: list[Example], query: str, fewshot_delimit
     return description + fewshot_delimiter.join(shown + [query])
 
 
+Turn = dict[str, str]  # one chat message: {"role": "system" | "user" | "assistant", "content": text}
+DESCRIPTION_PLACES = ("system", "user")  # a system turn of its own, or the head of the first user turn
+
+
+def chat_turns(
+    description: str, demos: list[Example], query: str, fewshot_delimiter: str, target_delimiter: str,
+    multiturn: bool = False, description_as: str = "system",
+) -> list[Turn]:
+    """The conversation a chat model sees, from the same pieces as assemble(): no chat template applied yet.
+
+    Single-turn: one user turn holding exactly what assemble() would give without the description (the
+    demonstrations with their delimiters, then the query). Multi-turn: each demonstration's input as a user turn
+    and its target as the assistant's answer, then the query as the last user turn; the turn boundaries stand
+    where the delimiters stood. The description is a system turn, or glued to the front of the first user turn
+    as the plain prompt glues it (for templates that refuse a system role)."""
+    if multiturn:
+        turns = [t for d in demos for t in ({"role": "user", "content": d.input}, {"role": "assistant", "content": d.target})]
+        turns.append({"role": "user", "content": query})
+    else:
+        turns = [{"role": "user", "content": assemble("", demos, query, fewshot_delimiter, target_delimiter)}]
+    if description and description_as == "system":
+        turns.insert(0, {"role": "system", "content": description})
+    elif description:
+        turns[0] = {"role": "user", "content": description + turns[0]["content"]}
+    return turns
+
+
 def prompt_hash(context: str, continuation: str) -> str:
     return hashlib.sha256(f"{context}\x00{continuation}".encode()).hexdigest()[:16]

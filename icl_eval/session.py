@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from icl_eval.errors import IclEvalError
-from icl_eval.evaluator import PreparedTask, Settings, prepare_all
+from icl_eval.evaluator import PreparedTask, Settings, prepare_all, refuse_chat
 from icl_eval.requests import Model
 
 
@@ -46,8 +46,9 @@ def check_inputs(
     refusals = []
     for task in loaded:
         try:
+            refuse_chat(task, settings)
             shots_for[task.name] = _allowed_shots(task, shotplan.task_shots(spec, task), echo)
-        except IclEvalError as e:  # none of the shot counts fits this kind: the others still run
+        except IclEvalError as e:  # none of the shot counts fits this kind, or it takes no chat template: the others still run
             refusals.append(e)
     if refusals and not shots_for:
         raise refusals[0]

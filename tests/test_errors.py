@@ -797,3 +797,55 @@ def test_gguf_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, t
     test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
     converted = list((tmp_path / "xdg" / "icl-eval" / "gguf").glob("*/*"))
     assert not converted, f"a failed conversion left files behind: {converted}"
+
+
+# --- chat templates (--chat-template, --fewshot-as-multiturn; icl_eval/chat.py) -------------------------------------
+CHAT_TEMPLATE = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+ROLLING_TASK = """name: r
+output_type: loglikelihood_rolling
+template: r.jinja
+metrics: [word_perplexity]
+data:
+  local: t.jsonl
+"""
+
+
+def _chat_checkpoint(d: Path, ckpt: Path, template: str = CHAT_TEMPLATE) -> Path:
+    from transformers import AutoTokenizer
+
+    copy = checkpoint_copy(d, ckpt)
+    tok = AutoTokenizer.from_pretrained(copy)
+    tok.chat_template = template
+    tok.save_pretrained(copy)
+    return copy
+
+
+def _rolling_task(d: Path, ckpt: Path) -> list[str]:
+    (d / "r.yaml").write_text(ROLLING_TASK)
+    (d / "r.jinja").write_text("{% block input %}{{ q }}{% endblock %}")
+    write_task(d)
+    return ["run", "--model", str(_chat_checkpoint(d, ckpt)), "--tasks", str(d / "r.yaml"), "--data-dir", str(d), "--output", str(d / "out"), "--chat-template"]
+
+
+CHAT_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("multiturn-without-chat", lambda d, c: run_builtin(d, c, "--fewshot-as-multiturn"), ("--fewshot-as-multiturn needs --chat-template",)),
+    ("multiturn-at-zero-shots", lambda d, c: run_builtin(d, _chat_checkpoint(d, c), "--chat-template", "--fewshot-as-multiturn", "--shots", "0"),
+     ("--fewshot-as-multiturn with --shots 0", "no demonstrations", "shot count >= 1")),
+    ("base-tokenizer-has-no-template", lambda d, c: run_builtin(d, c, "--chat-template"),
+     ("--chat-template: the tokenizer of", "tiny-gpt2", "no chat template", "drop --chat-template")),
+    ("broken-chat-template", lambda d, c: run_builtin(d, _chat_checkpoint(d, c, "{% for m in messages %}{{ m.content.nope() }}{% endfor %}"), "--chat-template"),
+     ("--chat-template: the chat template of", "fails on a one-turn conversation", "fix the tokenizer's chat_template")),
+    ("multiturn-template-drops-answers", lambda d, c: run_builtin(
+        d, _chat_checkpoint(d, c, "{% for m in messages %}{% if m.role != 'assistant' %}{{ m.content }}{% endif %}{% endfor %}"), "--chat-template", "--fewshot-as-multiturn", "--shots", "1"),
+     ("--fewshot-as-multiturn", "leaves out earlier assistant turns", "drop --fewshot-as-multiturn")),
+    ("rolling-task-with-chat", _rolling_task, ("--chat-template: task 'r' (loglikelihood_rolling)", "no turns", "without --chat-template")),
+    ("openai-chat-without-tokenizer", lambda d, c: _openai_run(d, "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--chat-template"),
+     ("--chat-template with --backend openai needs --tokenizer",)),
+    ("prompt-chat-without-tokenizer", lambda d, c: ["prompt", "arithmetic_2da", "--chat-template"], ("--chat-template needs --tokenizer PATH_OR_ID",)),
+    ("prompt-tokenizer-without-chat", lambda d, c: ["prompt", "arithmetic_2da", "--tokenizer", str(c)], ("--tokenizer", "only used with --chat-template")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES])
+def test_chat_template_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)

@@ -1,7 +1,7 @@
 """Find and load `icl-eval run` results, and group runs into the columns of a comparison.
 
 Runs of one model are merged into one column only when they agree on everything that changes a score
-(package version, model fingerprint, each shared task's config and template hash); otherwise each
+(package version, model fingerprint, chat template or plain prompts, each shared task's config and template hash); otherwise each
 compatible group becomes its own, distinctly labelled column and a warning says why.
 """
 
@@ -38,6 +38,7 @@ class Run:
     fingerprint: str | None
     tasks: dict[str, TaskInfo]
     records: list[Record]
+    chat: str | None = None  # the chat template's hash and turn layout (--chat-template); None: plain prompts
 
     @property
     def run_dir(self) -> Path:
@@ -91,7 +92,14 @@ def load_run(path: Path) -> Run:
         fingerprint=result.model.get("fingerprint"),
         tasks={name: TaskInfo(t.config_hash, t.template_hash, t.output_type) for name, t in result.tasks.items()},
         records=result.records,
+        chat=_chat_label(result.settings.get("chat_template")),
     )
+
+
+def _chat_label(chat) -> str | None:
+    if not isinstance(chat, dict):
+        return None
+    return f"chat template {str(chat.get('template_sha256'))[:12]} ({'multi-turn' if chat.get('fewshot_as_multiturn') else 'single-turn'})"
 
 
 def _conflicts(a: Run, b: Run) -> list[str]:
@@ -101,6 +109,8 @@ def _conflicts(a: Run, b: Run) -> list[str]:
         reasons.append(f"icl_eval_version {a.version} vs {b.version}")
     if a.fingerprint and b.fingerprint and a.fingerprint != b.fingerprint:
         reasons.append(f"model fingerprint {a.fingerprint[:12]} vs {b.fingerprint[:12]}")
+    if a.chat != b.chat:  # a chat-rendered prompt and a plain one are different prompts, whatever the task files say
+        reasons.append(f"{a.chat or 'plain prompts'} vs {b.chat or 'plain prompts'}")
     for task in sorted(a.tasks.keys() & b.tasks.keys()):
         for attr in ("config_hash", "template_hash"):
             x, y = getattr(a.tasks[task], attr), getattr(b.tasks[task], attr)

@@ -37,6 +37,7 @@ class Kind:
     blocks: tuple[str, ...] = ("input", "target")  # template blocks a task of this kind must define
     allows_choices: bool = False  # `choices` / `gold` keys (multiple choice only)
     max_shots: int | None = None  # the most demonstrations a prompt of this kind may hold (None: any)
+    takes_turns: bool = True  # whether its prompts can be chat conversations (--chat-template); a whole document cannot
 
     def check(self, task: TaskConfig) -> None:
         """Kind-specific checks of a parsed task file (generic ones are done by task_config)."""

@@ -21,6 +21,7 @@ class LoglikelihoodRolling(Kind):
     name = "loglikelihood_rolling"
     blocks = ("input",)
     max_shots = 0  # a document's perplexity has no demonstrations
+    takes_turns = False  # a document's tokens are all scored: there is no question and answer to split into turns
 
     def check(self, task: TaskConfig) -> None:
         super().check(task)
