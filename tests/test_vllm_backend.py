@@ -98,7 +98,11 @@ def test_engine_block(engine):
 
 
 def test_loglikelihood_matches_hf(engine, hf):
-    requests = _choice_requests()
+    rng = random.Random(4)
+    # Continuations that are the model's own greedy choice, so is_greedy is True somewhere (random text never is).
+    contexts = [_text(rng, 6) for _ in range(12)]
+    greedy = hf.generate([GenerationRequest(c, (), 3) for c in contexts])
+    requests = _choice_requests() + [LoglikelihoodRequest(c, g.raw) for c, g in zip(contexts, greedy) if g.raw.strip()]
     got, want = engine.loglikelihood(requests), hf.loglikelihood(requests)
     diffs = [abs(g.loglikelihood - w.loglikelihood) for g, w in zip(got, want)]
     print(f"loglikelihood: {len(requests)} requests, max |dLL| {max(diffs):.2e}")
@@ -108,9 +112,10 @@ def test_loglikelihood_matches_hf(engine, hf):
     assert any(g.left_truncated for g in got) and any(g.is_greedy for g in got) and {g.n_tokens for g in got} >= {1, 2}
 
 
-def test_shared_contexts_read_the_prefix_cache_and_score_the_same(engine):
+def test_shared_contexts_read_the_prefix_cache_and_score_the_same(engine, hf):
     """Candidates of one question share their context: with the lookup on, each context is computed about once."""
-    requests = _choice_requests(seed=1)
+    rng = random.Random(1)
+    requests = [LoglikelihoodRequest(c, " " + _text(rng, k)) for c in [_text(rng, 80) for _ in range(12)] for k in (1, 2, 5, 12)]
     engine.llm.reset_prefix_cache()
     engine.reuse_prefixes, engine.tokens_computed, engine.tokens_cached = False, 0, 0
     alone = engine.loglikelihood(requests)
@@ -120,6 +125,9 @@ def test_shared_contexts_read_the_prefix_cache_and_score_the_same(engine):
     shared = engine.loglikelihood(requests)
     print(f"prompt tokens computed per request: {whole / len(requests):.1f} whole, {engine.tokens_computed / len(requests):.1f} sharing contexts "
           f"({engine.tokens_cached / len(requests):.1f} read from the prefix cache, {engine.prompts_rescored} prompts rescored)")
+    hf.tokens_forwarded = 0
+    hf.loglikelihood(requests)
+    print(f"HF backend (packed candidates): {hf.tokens_forwarded / len(requests):.1f} tokens forwarded per request")
     assert max(abs(a.loglikelihood - b.loglikelihood) for a, b in zip(alone, shared)) < 1e-4
     assert [a.is_greedy for a in alone] == [b.is_greedy for b in shared]
     assert engine.tokens_cached > 0 and engine.tokens_computed < 0.6 * whole
