@@ -140,7 +140,11 @@ def backend_factory(name: str, server: dict[str, Any] | None = None, engine: dic
 
         from icl_eval.models.vllm_engine import VLLMModel, missing_vllm_message, parse_model_args
 
-        if importlib.util.find_spec("vllm") is None:  # before the tasks' data and the model are read
+        try:
+            found_vllm = importlib.util.find_spec("vllm") is not None
+        except ValueError:  # sys.modules["vllm"] is None: blocked
+            found_vllm = False
+        if not found_vllm:  # before the model is read
             raise IclEvalError(missing_vllm_message())
         if isinstance(engine.get("model_args"), str):
             engine = dict(engine, model_args=parse_model_args(engine["model_args"]))
