@@ -91,6 +91,7 @@ def _choice_requests(seed: int = 0) -> list[LoglikelihoodRequest]:
 
 def test_engine_block(engine):
     block = engine.describe()
+    print(f"engine start-up {block['engine_start_seconds']}s")
     assert block["backend"] == "vllm" and block["vllm_version"] and block["device"] == "cpu" and block["dtype"] == "float32"
     assert block["max_length"] == POSITIONS - 2 and block["tensor_parallel_size"] == 1 and block["model_args"] == ENGINE_ARGS
     assert block["num_parameters"] > 0 and block["engine_start_seconds"] > 0 and len(block["fingerprint"]) == 32

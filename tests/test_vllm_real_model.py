@@ -70,6 +70,7 @@ def test_lambada_loglikelihood_and_generation_agree(models, lambada):
     worst, greedy_same, got = _compare(engine, hf, [LoglikelihoodRequest(c, t) for c, t in lambada])
     gen = [GenerationRequest(c, ("\n", "."), 8) for c, _ in lambada]
     same = sum(a == b for a, b in zip(engine.generate(gen), hf.generate(gen)))
+    print(f"engine start-up {engine.start_seconds:.1f}s")
     print(f"LAMBADA: max |dLL| {worst:.2e}, is_greedy same {greedy_same}/{len(lambada)} ({sum(g.is_greedy for g in got)} greedy), "
           f"generations identical {same}/{len(gen)}")
     assert worst < 1e-3 and greedy_same == len(lambada) and same >= 0.99 * len(gen)
