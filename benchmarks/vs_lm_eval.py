@@ -171,7 +171,7 @@ def main() -> None:
     if "vllm" in backends:
         from vllm_rows import vllm_rows
 
-        vllm_report = vllm_rows(args, workloads, tok, run_icl, run_lm, compare)
+        vllm_report = vllm_rows(args, workloads, tok, run_icl, run_lm, compare, model)
         if "hf" not in backends:
             if args.json:
                 Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), "vllm_rows": vllm_report}, indent=1))

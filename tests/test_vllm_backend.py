@@ -134,6 +134,19 @@ def test_shared_contexts_read_the_prefix_cache_and_score_the_same(engine, hf):
     assert engine.tokens_cached > 0 and engine.tokens_computed < 0.6 * whole
 
 
+def test_fixed_demonstrations_read_the_prefix_cache(engine, hf):
+    """Distinct questions after the same demonstrations: the demonstrations' whole blocks are computed once."""
+    rng = random.Random(5)
+    demos = _text(rng, 90)
+    requests = [LoglikelihoodRequest(demos + " Q: " + _text(rng, 4) + " A:", " " + _text(rng, 2)) for _ in range(10)]
+    engine.llm.reset_prefix_cache()
+    engine.tokens_computed, engine.tokens_cached = 0, 0
+    got, want = engine.loglikelihood(requests), hf.loglikelihood(requests)
+    print(f"fixed demonstrations: {engine.tokens_computed / len(requests):.1f} prompt tokens computed per request, {engine.tokens_cached / len(requests):.1f} cached")
+    assert max(abs(g.loglikelihood - w.loglikelihood) for g, w in zip(got, want)) < 1e-3
+    assert engine.tokens_cached >= 8 * engine.block_size
+
+
 def test_generation_matches_hf(engine, hf):
     rng = random.Random(2)
     stops = [("e",), (" ",), ("\n", "."), ("the",), ()]

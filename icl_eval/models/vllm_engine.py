@@ -8,9 +8,9 @@ token ids, so the context/continuation boundary, BOS and left truncation are tho
   (sampling_params.py, SamplingParams.__post_init__ sets skip_reading_prefix_cache when prompt_logprobs is
   given, and v1/core/kv_cache_manager.py, KVCacheManager.prefix_cache_lookup_enabled, honours it) because
   cached positions get no prompt log-probs. A context shared by two or more requests (multiple-choice
-  candidates) turns the lookup back on: the positions we read all lie after the shared context, and a
-  request whose cache hit reached into them (num_cached_tokens past its context) is scored again with the
-  lookup off.
+  candidates, or fixed demonstrations opening every prompt: at least one whole KV block in common) turns the
+  lookup back on: the positions we read all lie after the context, and a request whose cache hit reached
+  into them (num_cached_tokens past its context) is scored again with the lookup off.
 - Generation: greedy (temperature 0) with the requests' stop strings and max_new_tokens; the generated token
   ids are then decoded by the HF backend's stop decoder so raw, text and n_tokens follow the same rules.
 - Rolling log-likelihood: the HF backend's windows (rolling.rolling_windows), each scored like a request.
@@ -148,6 +148,7 @@ class VLLMModel(Tokenization):
             raise IclEvalError(f"--model-args max_model_len={self.max_model_len}: too small; give at least {2 + _ENGINE_MARGIN}")
         cache = llm.llm_engine.vllm_config.cache_config
         self.prefix_caching = bool(getattr(cache, "enable_prefix_caching", False))
+        self.block_size = int(getattr(cache, "block_size", None) or 16)
         # Shared contexts read vLLM's prefix cache (see the module's docstring); off: every prompt computed whole.
         self.reuse_prefixes = reuse_prefixes and self.prefix_caching
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -256,7 +257,7 @@ class VLLMModel(Tokenization):
             "batch_size": None, "bos_policy": self.bos_policy, "bos": self.bos_description, "backend": "vllm",
             "engine": {
                 "tensor_parallel_size": self.tensor_parallel_size, "max_model_len": self.max_model_len, "prefix_caching": self.prefix_caching,
-                "shared_contexts_read_prefix_cache": self.reuse_prefixes, "model_args": dict(self.model_args),
+                "shared_contexts_read_prefix_cache": self.reuse_prefixes, "block_size": self.block_size, "model_args": dict(self.model_args),
             },
         }
 
@@ -323,12 +324,16 @@ class VLLMModel(Tokenization):
         return results
 
     def _shared_contexts(self, prompts: list[list[int]], targets: list[int]) -> list[bool]:
-        """Which prompts' contexts (what precedes the scored tokens) another prompt of the call has too."""
+        """Which prompts read the prefix cache: those whose context (what precedes the scored tokens) opens with a
+        whole KV block that another prompt of the call opens with too. vLLM caches whole blocks only, so this
+        takes in both a question's candidates (one context) and prompts that open with the same fixed
+        demonstrations; a prompt with nothing to share keeps vLLM's default (no lookup)."""
         if not self.reuse_prefixes:
             return [False] * len(prompts)
-        keys = [tuple(p[: len(p) - t]) for p, t in zip(prompts, targets)]
-        counts = Counter(keys)
-        return [counts[k] >= 2 for k in keys]
+        block = self.block_size
+        keys = [tuple(p[:block]) if len(p) - t > block else None for p, t in zip(prompts, targets)]
+        counts = Counter(k for k in keys if k is not None)
+        return [k is not None and counts[k] >= 2 for k in keys]
 
     def _score(self, prompts: list[list[int]], targets: list[int], shared: list[bool]) -> list[Scored]:
         """The summed log-prob of each prompt's last `targets` tokens, all prompts in one engine call."""
