@@ -1,6 +1,6 @@
 """icl-eval against lm-evaluation-harness 0.4.13: same model, same prompts, same machine, one run.
 
-    PYTHONPATH=$PWD /work/venv-bench/bin/python benchmarks/vs_lm_eval.py [--limit 16] [--repeats 3] [--model PATH]
+    PYTHONPATH=$PWD /work/venv-bench/bin/python benchmarks/vs_lm_eval.py [--limit 16] [--repeats 3] [--model PATH] [--backends hf,vllm]
 
 Both harnesses wrap the same in-memory model and tokenizer and are given the identical (context, continuation)
 strings built by icl-eval's prompt builder; lm-eval is driven through HFLM.loglikelihood / generate_until
@@ -139,6 +139,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
+    ap.add_argument("--backends", default="hf", help="hf: the HF rows above; vllm: icl-eval's vLLM backend against lm-eval's vllm model (benchmarks/vllm_rows.py); or hf,vllm")
+    ap.add_argument("--vllm-block-size", type=int, default=32, help="vLLM KV-cache block size for the vllm rows (the CPU build takes multiples of 32)")
     args = ap.parse_args()
 
     from lm_eval.models.huggingface import HFLM
@@ -163,6 +165,17 @@ def main() -> None:
         contexts = [c for c, _ in task_requests(hf, "arithmetic_2da", args.gen_limit, 4, "per_example", args.seed)[0]]
         biased = newline_biased(model, tok, contexts, args.max_new_tokens)
         workloads.append(Workload(f"4 generation, stop at newline, <= {args.max_new_tokens} new tokens", "generate", contexts, biased))
+
+    backends = set(args.backends.split(","))
+    vllm_report = None
+    if "vllm" in backends:
+        from vllm_rows import vllm_rows
+
+        vllm_report = vllm_rows(args, workloads, tok, run_icl, run_lm, compare, model)
+        if "hf" not in backends:
+            if args.json:
+                Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), "vllm_rows": vllm_report}, indent=1))
+            return
 
     harnesses = {}
     for w in workloads:
@@ -207,7 +220,7 @@ def main() -> None:
         agree = ", ".join(f"{k} {v if not isinstance(v, float) else f'{v:.2e}'}" for k, v in r.items() if k in ("identically_tokenized", "max_abs_diff", "same_is_greedy", "same_predictions", "generated_tokens"))
         print(f"| {r['workload']} | {r['requests']} | {r['lm_eval_s']:.2f} | {r['icl_eval_s']:.2f} | {r['ratio']:.2f}x | {r['lm_eval_peak_mib']:.0f} / {r['icl_eval_peak_mib']:.0f} | {agree} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), "rows": report}, indent=1))
+        Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), "rows": report, **({"vllm_rows": vllm_report} if vllm_report else {})}, indent=1))
 
 
 if __name__ == "__main__":

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="evaluate a model on tasks at several shot counts")
     run.add_argument("--model", required=True, help="Hugging Face checkpoint folder or hub id (with --backend openai: the served model's id)")
-    run.add_argument("--backend", default="hf", help="hf: Hugging Face in-process (default); openai: an OpenAI-compatible server (--base-url); or an installed plugin's backend")
+    run.add_argument("--backend", default="hf", help="hf: Hugging Face in-process (default); vllm: vLLM in-process; openai: an OpenAI-compatible server (--base-url); or an installed plugin's backend")
     run.add_argument("--tasks", required=True, help="comma-separated task names or YAML paths")
     run.add_argument("--shots", default="0", help="comma-separated shot counts, e.g. 0,1,32 (one run, model loaded once); 'fewshot' is each task's GPT-3 paper K (its fewshot_k), e.g. 0,1,fewshot")
     run.add_argument(
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--concurrency", type=int, default=None, metavar="N", help="requests in flight (default 8)")
     server.add_argument("--tokenizer", default=None, metavar="PATH_OR_ID", help="count prompt tokens locally when the server has no /tokenize")
     server.add_argument("--max-length", type=int, default=None, metavar="TOKENS", help="the server's context window, when GET /v1/models does not report max_model_len")
+    engine = run.add_argument_group("--backend vllm (vLLM in this process)")
+    engine.add_argument("--tensor-parallel-size", type=int, default=None, metavar="N", help="GPUs one model is split over (default 1)")
+    engine.add_argument("--model-args", default=None, metavar="K=V,...", help="extra vllm.LLM keyword arguments, e.g. enforce_eager=true,max_model_len=2048,gpu_memory_utilization=0.8")
     _add_task_options(run)
 
     tasks = sub.add_parser("tasks", help="list every task")
@@ -176,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from icl_eval.evaluator import Settings, evaluate
     from icl_eval.provenance import environment
     from icl_eval.results import RunWriter, new_run_id
-    from icl_eval.session import backend_factory, check_inputs, refuse_conflicting, server_options, wrap
+    from icl_eval.session import backend_factory, check_inputs, engine_options, refuse_conflicting, server_options, wrap
 
     # Everything that can be checked without the model is checked before it loads: a typo, a missing data
     # file or too few demonstrations must not cost a ten-minute load first.
@@ -188,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     chat = _chat_format(args, shots, args.backend, args.bos)  # the tokenizer alone: its chat template is checked before the model loads
     settings = Settings(seed=args.seed, limit=args.limit, data_dir=args.data_dir, log_samples=not args.no_log_samples, fewshot_mode=args.fewshot_mode, chat=chat)
     inputs = check_inputs(args.tasks, args.include_path, settings, args.device, args.contamination, shot_spec=shots)
-    load_backend = backend_factory(args.backend, server_options(args))
+    load_backend = backend_factory(args.backend, server_options(args), engine_options(args))
     rank, processes, rank_device = distributed.init()  # (0, 1, ...) unless started by accelerate launch / torchrun
     if processes > 1 and args.device_map:
         raise IclEvalError("--device-map auto spreads one model over all GPUs: run it as a single process, not under accelerate launch/torchrun")

@@ -102,13 +102,27 @@ def server_options(args: Any) -> dict[str, Any]:
     return {k: getattr(args, k, None) for k in SERVER_OPTIONS if getattr(args, k, None) is not None}
 
 
-def backend_factory(name: str, server: dict[str, Any] | None = None) -> Callable[..., Model]:
+# The run options of --backend vllm (cli.py's run parser): None when not given.
+ENGINE_OPTIONS = ("tensor_parallel_size", "model_args")
+
+
+def engine_options(args: Any) -> dict[str, Any]:
+    """The vLLM engine options a `run` command line gave (those left at None are left out)."""
+    return {k: getattr(args, k, None) for k in ENGINE_OPTIONS if getattr(args, k, None) is not None}
+
+
+def backend_factory(name: str, server: dict[str, Any] | None = None, engine: dict[str, Any] | None = None) -> Callable[..., Model]:
     """The loader of a --backend: `hf` (Hugging Face in-process), `openai` (an OpenAI-compatible server, given
     `server`: base_url, api_key_env, concurrency, tokenizer, max_length) or an installed plugin's (icl_eval.models group).
 
     A plugin factory is called as factory(model, device=..., dtype=..., batch_size=..., bos_policy=...,
-    trust_remote_code=..., device_map=...) and returns an object meeting requests.Model."""
+    trust_remote_code=..., device_map=...) and returns an object meeting requests.Model. `vllm`: vLLM in-process,
+    given `engine`: tensor_parallel_size, model_args."""
     server = server or {}
+    engine = engine or {}
+    if engine and name != "vllm":
+        given = ", ".join("--" + k.replace("_", "-") for k in engine)
+        raise IclEvalError(f"{given}: options of --backend vllm (vLLM in-process), not of --backend {name}; add --backend vllm or drop them")
     if name == "openai":
         import functools
 
@@ -120,6 +134,22 @@ def backend_factory(name: str, server: dict[str, Any] | None = None) -> Callable
     if server:
         given = ", ".join("--" + k.replace("_", "-") for k in server)
         raise IclEvalError(f"{given}: options of --backend openai (an OpenAI-compatible server), not of --backend {name}; add --backend openai or drop them")
+    if name == "vllm":
+        import functools
+
+        import importlib.util
+
+        from icl_eval.models.vllm_engine import VLLMModel, missing_vllm_message, parse_model_args
+
+        try:
+            found_vllm = importlib.util.find_spec("vllm") is not None
+        except ValueError:  # sys.modules["vllm"] is None: blocked
+            found_vllm = False
+        if not found_vllm:  # before the model is read
+            raise IclEvalError(missing_vllm_message())
+        if isinstance(engine.get("model_args"), str):
+            engine = dict(engine, model_args=parse_model_args(engine["model_args"]))
+        return functools.partial(VLLMModel.load, **engine)
     if name == "hf":
         from icl_eval.models.hf import HFModel
 
@@ -128,7 +158,7 @@ def backend_factory(name: str, server: dict[str, Any] | None = None) -> Callable
 
     found = plugins.load_group(plugins.MODELS)
     if name not in found:
-        known = ", ".join(["hf", "openai", *sorted(found)])
+        known = ", ".join(["hf", "openai", "vllm", *sorted(found)])
         raise IclEvalError(f"--backend {name}: no such backend; installed: {known} (a plugin adds one through the icl_eval.models entry-point group)")
     return found[name]  # type: ignore[return-value]
 

@@ -849,3 +849,47 @@ CHAT_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]]
 @pytest.mark.parametrize("make_argv,needles", [c[1:] for c in CHAT_CASES], ids=[c[0] for c in CHAT_CASES])
 def test_chat_template_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
     test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
+
+
+# --- --backend vllm: engine options, refused before an engine starts (icl_eval/models/vllm_engine.py) ------------
+
+def _vllm_missing(d: Path, ckpt: Path) -> list[str]:
+    import sys
+
+    sys.modules["vllm"] = None  # type: ignore[assignment]  # as if not installed; the test's monkeypatch restores it
+    return run_builtin(d, ckpt, "--backend", "vllm")
+
+
+VLLM_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("vllm-model-args-to-hf", lambda d, c: run_builtin(d, c, "--model-args", "enforce_eager=true"), ("--model-args", "options of --backend vllm", "not of --backend hf")),
+    ("vllm-tensor-parallel-to-openai", lambda d, c: run_builtin(d, c, "--backend", "openai", "--base-url", "http://localhost:1/v1", "--tensor-parallel-size", "2"), ("--tensor-parallel-size", "options of --backend vllm")),
+    ("vllm-model-args-not-key-value", lambda d, c: run_builtin(d, c, "--backend", "vllm", "--model-args", "enforce_eager"), ("--model-args enforce_eager", "is not key=value")),
+    ("vllm-not-installed", _vllm_missing, ("--backend vllm", "vLLM is not installed", "pip install 'icl-eval[vllm")),
+]
+VLLM_ENGINE_CASES: list[tuple[str, Callable[[Path, Path], list[str]], tuple[str, ...]]] = [
+    ("vllm-unknown-model-arg", lambda d, c: run_builtin(d, c, "--backend", "vllm", "--model-args", "enforce_eagre=true"), ("enforce_eagre", "not a vLLM engine argument")),
+    ("vllm-model-arg-of-an-option", lambda d, c: run_builtin(d, c, "--backend", "vllm", "--model-args", "dtype=float16"), ("--model-args dtype", "set by --dtype")),
+    ("vllm-batch-size", lambda d, c: run_builtin(d, c, "--backend", "vllm", "--batch-size", "4"), ("--batch-size 4", "vLLM schedules its own batches")),
+    ("vllm-device-map", lambda d, c: run_builtin(d, c, "--backend", "vllm", "--device-map", "auto"), ("--device-map auto", "--tensor-parallel-size")),
+]
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in VLLM_CASES], ids=[c[0] for c in VLLM_CASES])
+def test_vllm_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vllm", sys.modules.get("vllm"))  # restored after _vllm_missing
+    if sys.modules["vllm"] is None:
+        monkeypatch.delitem(sys.modules, "vllm")
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("make_argv,needles", [c[1:] for c in VLLM_ENGINE_CASES], ids=[c[0] for c in VLLM_ENGINE_CASES])
+def test_vllm_engine_options_refused_before_it_starts(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    from icl_eval.models.vllm_imports import import_vllm
+
+    try:
+        import_vllm()
+    except ImportError:
+        pytest.skip("vllm does not import")
+    test_bad_input_is_one_clear_line(make_argv, needles, tiny_checkpoint, tmp_path, capsys, monkeypatch)

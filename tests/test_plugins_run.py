@@ -129,4 +129,4 @@ def test_a_plugins_task_metric_kind_and_backend_run_end_to_end(site, tiny_checkp
 def test_an_unknown_backend_is_one_line_before_anything_loads(site, capsys):
     (site / "chars.jsonl").write_text(json.dumps({"q": "1?", "a": "2"}) + "\n")
     assert main(["run", "--backend", "nope", "--model", "x", "--tasks", "chars", "--data-dir", str(site)]) == 2
-    assert "--backend nope: no such backend; installed: hf, openai, tinyhf" in capsys.readouterr().err
+    assert "--backend nope: no such backend; installed: hf, openai, vllm, tinyhf" in capsys.readouterr().err

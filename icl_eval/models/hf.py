@@ -11,7 +11,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from icl_eval.batching import BatchBudget
 from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
 from icl_eval.models.hf_generation import GreedyGeneration
-from icl_eval.models.hf_scoring import Encoded, LoglikelihoodScoring
+from icl_eval.models.hf_scoring import LoglikelihoodScoring
+from icl_eval.models.tokenization import BOS_POLICIES, Tokenization
 
-BOS_POLICIES = ("tokenizer", "always", "never")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -96,9 +95,10 @@ def _check_loading_info(path: str, model: torch.nn.Module, info: dict) -> None:
         )
 
 
-class HFModel(LoglikelihoodScoring, GreedyGeneration):
+class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
     """The backend (requests.Model): loglikelihood and loglikelihood_rolling from LoglikelihoodScoring,
-    generate from GreedyGeneration; the model, tokenizer, encoding and batch budget here."""
+    generate from GreedyGeneration, encoding from Tokenization (shared with the vLLM backend); the model,
+    tokenizer and batch budget here."""
 
     gguf: dict[str, Any] | None = None  # where a GGUF --model came from (models/gguf.py), for the model block
 
@@ -245,10 +245,6 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
         # On a CPU large batches buy little speed and cost memory; a few thousand tokens is the sweet spot.
         return max(self.max_length, 4096)
 
-    def _tokenizer_adds_bos(self) -> bool:
-        ids = self.tokenizer("a").input_ids
-        return bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
-
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""
         head = self.model.get_output_embeddings()
@@ -297,49 +293,3 @@ class HFModel(LoglikelihoodScoring, GreedyGeneration):
         if not hasattr(self, "_fingerprint"):  # hashing weight files costs I/O: once per loaded model
             self._fingerprint = model_fingerprint(self.model, self.tokenizer, self.path, self.bos_policy)
         return self._fingerprint
-
-    # --- tokenization --------------------------------------------------------------------
-    def _with_bos(self, ids: list[int]) -> list[int]:
-        if self.bos_policy == "never" or (self.bos_policy == "tokenizer" and not self.adds_bos):
-            return ids
-        return [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.prefix_id] + ids
-
-    def encode(self, text: str) -> list[int]:
-        # verbose=False: a prompt is tokenized whole to learn whether it fits, so being longer than the tokenizer's
-        # model_max_length is expected here, not a mistake worth transformers' warning (we truncate ourselves).
-        return self._with_bos(self.tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
-
-    def encode_pair(self, context: str, continuation: str) -> Encoded:
-        """Split tokenize(context + continuation) at the character boundary, using the tokenizer's offsets.
-
-        Trailing whitespace of the context moves to the continuation first (lm-eval's rule), so that
-        " 143" is one token rather than " " closing the context. A token that straddles the boundary
-        belongs to the continuation: it holds continuation characters.
-        """
-        return self.encode_pairs([(context, continuation)])[0]
-
-    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[Encoded]:
-        """encode_pair for many pairs, tokenized in one batched call (the fast tokenizer works in parallel)."""
-        moved = []
-        for context, continuation in pairs:
-            n_space = len(context) - len(context.rstrip())
-            if n_space:
-                context, continuation = context[:-n_space], context[-n_space:] + continuation
-            if not continuation:
-                raise IclEvalError("empty continuation: a log-likelihood request needs text to score")
-            moved.append((context, continuation))
-        # An empty context gets the prefix token and the continuation is tokenized alone.
-        texts = [c + t if c else t for c, t in moved]
-        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False) if texts else {"input_ids": [], "offset_mapping": []}
-        out = []
-        for (context, _), ids, offsets in zip(moved, enc["input_ids"], enc["offset_mapping"]):
-            if not context:
-                out.append(Encoded([self.prefix_id], ids))
-                continue
-            boundary = len(context)
-            split = next((i for i, (start, end) in enumerate(offsets) if end > boundary or start >= boundary), len(ids))
-            out.append(Encoded(self._with_bos(ids[:split]), ids[split:]))
-        return out
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
