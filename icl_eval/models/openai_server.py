@@ -447,16 +447,35 @@ class OpenAIServerModel:
             body: dict[str, Any] = {"prompt": r.context, "max_tokens": r.max_new_tokens, "temperature": 0}
             if r.until:
                 body["stop"] = list(r.until)
+            if self._is_vllm():
+                body["return_token_ids"] = True  # vLLM's extension: the generated ids, for an unfinished last character
             choice, usage = self._completion(body)
             text = choice.get("text")
             if not isinstance(text, str):
                 raise IclEvalError(f"POST {self.client.base_url}/completions: the answer's choice has no `text`")
+            if choice.get("finish_reason") == "length" and isinstance(choice.get("token_ids"), list):
+                text = self._decoded_whole(choice["token_ids"], text)
             stop = choice.get("stop_reason")  # vLLM names the stop sequence it cut at; the server leaves it out of `text`
             raw = text + stop if isinstance(stop, str) and stop in r.until else text
             n = usage.get("completion_tokens") if isinstance(usage, dict) else None
             return GenerationResult(raw, cut_at_stop(text, r.until), n if isinstance(n, int) else 0)
 
         return self._run(requests, one, lambda r, out: out.n_tokens, progress, on_result)
+
+    def _is_vllm(self) -> bool:
+        return str(self.info.get("system_fingerprint", "")).startswith("vllm-") or self.info.get("owned_by") == "vllm"
+
+    def _decoded_whole(self, token_ids: list, text: str) -> str:
+        """A generation cut by max_tokens can end inside a character (its last tokens hold only some of its UTF-8
+        bytes): vLLM's incremental detokenizer holds those bytes back for good, while a whole decode (the HF
+        backend's, and lm-eval's) spells them U+FFFD. The server's /detokenize decodes the ids whole, so both
+        backends give the same text; where it answers nothing usable, the streamed text stands."""
+        try:
+            answer = self.client.post(self.client.root() + "/detokenize", {"model": self.name, "tokens": token_ids})
+        except Refused:
+            return text
+        whole = answer.get("prompt") if isinstance(answer, dict) else None
+        return whole if isinstance(whole, str) and whole.startswith(text) else text
 
     def _run(self, requests: Sequence, one: Callable, tokens_of: Callable, progress: Progress | None, on_result: OnResult | None) -> list:
         """Every request through `one` on a pool of `concurrency` threads; results reported as they arrive.
