@@ -383,3 +383,23 @@ def test_a_run_on_the_server_agrees_with_a_run_on_hf(server, checkpoint, tmp_pat
     assert diff.max_dll < TOLERANCE
     result = json.loads(next((tmp_path / "openai").glob("*/results.json")).read_text())
     assert result["model"]["server"]["system_fingerprint"].startswith("vllm-")
+
+
+@pytest.fixture(scope="module")
+def vllm_model(checkpoint):
+    """The same folder in icl-eval's in-process vLLM backend (one more engine, in this process)."""
+    import os
+
+    from icl_eval.models.vllm_engine import VLLMModel
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return VLLMModel.load(str(checkpoint), dtype="float32", model_args={"enforce_eager": True, "max_model_len": 512, "block_size": 32})
+
+
+def test_server_agrees_with_the_in_process_vllm_backend_per_example(served_model, vllm_model, hf_model):
+    requests = [*LOGLIKELIHOOD, *greedy_continuations(hf_model, GENERATION_CONTEXTS), *ROLLING, *GENERATION]
+    diff = compare(vllm_model, served_model, requests)
+    print("\nopenai (vllm serve) vs vllm in-process:", diff.summary(), file=sys.stderr)
+    assert diff.max_dll < TOLERANCE, diff.mismatches
+    assert diff.identical_generations / diff.generations >= 0.99, diff.mismatches
+    assert not diff.mismatches, diff.mismatches
