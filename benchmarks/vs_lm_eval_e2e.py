@@ -37,6 +37,16 @@ SHARED = Path(os.environ.get("ICL_EVAL_SHARED", REPO.parent / "shared"))
 
 # lm-eval's import of transformers trips on PyPI's torchvision beside the CPU torch; icl_eval's import hides
 # those packages first (icl_eval/media_packages.py). The launcher does nothing else.
+# icl-eval as `python -m icl_eval`, plus one line at exit with the tokens its model forwarded (the matmul-limit
+# figure needs them; the product does not record them): HFModel's counter, read through a constructor hook.
+ICL_LAUNCHER = (
+    "import atexit, json, os, runpy, sys; from icl_eval.models import hf\n"
+    "made = []; init = hf.HFModel.__init__\n"
+    "def hooked(self, *a, **k):\n    init(self, *a, **k); made.append(self)\n"
+    "hf.HFModel.__init__ = hooked\n"
+    "atexit.register(lambda: open(os.environ['E2E_TOKENS_FILE'], 'w').write(json.dumps(sum(m.tokens_forwarded for m in made))))\n"
+    "sys.argv = ['icl-eval'] + sys.argv[1:]; runpy.run_module('icl_eval', run_name='__main__')"
+)
 LM_EVAL_LAUNCHER = "import sys, icl_eval; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; sys.exit(cli_evaluate())"
 
 
@@ -81,6 +91,7 @@ data:
 @dataclass
 class Measured:
     seconds: float
+    cpu_s: float  # user + system: less sensitive than wall clock to other jobs on the machine
     peak_mib: float
     rc: int
     out_dir: Path
@@ -97,7 +108,7 @@ def run_process(cmd: list[str], env: dict, out_dir: Path, log: Path) -> Measured
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     tail = log.read_text(errors="replace")[-1500:] if proc.returncode else ""
-    return Measured(seconds, usage.ru_maxrss / 1024, proc.returncode, out_dir, tail)
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, out_dir, tail)
 
 
 def lm_eval_yaml(task: str, data_file: Path, kind: str, gen: dict | None) -> str:
@@ -149,7 +160,7 @@ def export_prompts(hf, spec: Spec, limit: int, seed: int, work: Path, include: P
 
 def icl_command(model: str, spec: Spec, limit: int, seed: int, out: Path, include: Path) -> list[str]:
     return [
-        sys.executable, "-m", "icl_eval", "run", "--model", model, "--tasks", ",".join(spec.tasks), "--shots", str(spec.shots),
+        sys.executable, "-c", ICL_LAUNCHER, "run", "--model", model, "--tasks", ",".join(spec.tasks), "--shots", str(spec.shots),
         "--limit", str(limit), "--seed", str(seed), "--data-dir", str(SHARED / "data"), "--include-path", str(include),
         "--device", "cpu", "--dtype", "float32", "--no-cache", "--output", str(out),
     ]
@@ -261,6 +272,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--lm-batch-size", default="32", help="lm-eval's --batch_size (its best on this machine; see README)")
     ap.add_argument("--lm-eval", default="/tmp/venv-lead/bin/python", help="a Python with lm-eval 0.4.13 installed")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both harnesses (default: torch's choice)")
     ap.add_argument("--keep", default=None, help="keep the generated tasks and outputs in this folder")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -275,10 +287,10 @@ def main(argv: list[str]) -> None:
     for d in (include, work / "lm_tasks", work / "runs"):
         d.mkdir(parents=True, exist_ok=True)
     (include / "arithmetic_2da_gen.yaml").write_text(ARITH_GEN_YAML)
-    for tpl in (REPO / "tasks").rglob("arithmetic.jinja"):
-        shutil.copy(tpl, include / "arithmetic.jinja")
 
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     hf = HFModel.load(args.model, device="cpu", dtype="float32", batch_size=1)
     hidden, inter, vocab, layers = model_shapes(args.model)
     params = hf.num_parameters
@@ -311,17 +323,20 @@ def main(argv: list[str]) -> None:
                     cmd = icl_command(icl_model, spec, limit, args.seed, out, include)
                 else:
                     cmd = lm_command(args.lm_eval, args.model, lm_tasks, args.lm_batch_size, out, work / "lm_tasks")
-                m = run_process(cmd, env, out, out / "log.txt")
+                m = run_process(cmd, dict(env, E2E_TOKENS_FILE=str(out / "tokens.json")), out, out / "log.txt")
                 if m.rc:
                     print(f"  {name} {who} failed (exit {m.rc}):\n{m.stderr_tail}", flush=True)
                     raise SystemExit(1)
                 times[who].append(m)
-            print(f"  {name}: pair {pair + 1}: lm-eval {times['lm'][-1].seconds:.1f}s {times['lm'][-1].peak_mib:.0f} MiB, "
-                  f"icl-eval {times['icl'][-1].seconds:.1f}s {times['icl'][-1].peak_mib:.0f} MiB", flush=True)
+            lm, icl = times["lm"][-1], times["icl"][-1]
+            print(f"  {name}: pair {pair + 1}: lm-eval {lm.seconds:.1f}s (cpu {lm.cpu_s:.1f}s) {lm.peak_mib:.0f} MiB, "
+                  f"icl-eval {icl.seconds:.1f}s (cpu {icl.cpu_s:.1f}s) {icl.peak_mib:.0f} MiB", flush=True)
         med = {k: statistics.median(m.seconds for m in v) for k, v in times.items()}
+        cpu = {k: statistics.median(m.cpu_s for m in v) for k, v in times.items()}
         row = {
             "workload": name, "tasks": list(spec.tasks), "shots": spec.shots, "limit": limit,
             "lm_eval_s": med["lm"], "icl_eval_s": med["icl"], "ratio": med["lm"] / med["icl"],
+            "lm_eval_cpu_s": cpu["lm"], "icl_eval_cpu_s": cpu["icl"], "cpu_ratio": cpu["lm"] / cpu["icl"],
             "lm_eval_peak_mib": statistics.median(m.peak_mib for m in times["lm"]),
             "icl_eval_peak_mib": statistics.median(m.peak_mib for m in times["icl"]),
             "all_s": {k: [round(m.seconds, 2) for m in v] for k, v in times.items()},
@@ -333,30 +348,30 @@ def main(argv: list[str]) -> None:
             row["matmul_fraction"] = row["tokens_forwarded"] * 2 * params / row["scoring_s"] / 1e9 / peak_gflops
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| workload | lm-eval s | icl-eval s | ratio | peak MiB lm-eval / icl-eval | agreement | matmul fraction |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| workload | lm-eval s | icl-eval s | ratio | cpu-s ratio | peak MiB lm-eval / icl-eval | agreement | matmul fraction |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         agree = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
                           if k in ("examples_compared", "max_abs_diff", "scored_strings", "same_is_greedy", "same_picks", "same_generations"))
         frac = f"{r['matmul_fraction']:.0%}" if "matmul_fraction" in r else ""
-        print(f"| {r['workload']} | {r['lm_eval_s']:.1f} | {r['icl_eval_s']:.1f} | {r['ratio']:.2f}x | {r['lm_eval_peak_mib']:.0f} / {r['icl_eval_peak_mib']:.0f} | {agree} | {frac} |")
+        print(f"| {r['workload']} | {r['lm_eval_s']:.1f} | {r['icl_eval_s']:.1f} | {r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {r['lm_eval_peak_mib']:.0f} / {r['icl_eval_peak_mib']:.0f} | {agree} | {frac} |")
     print(f"\nwhole measurement: {time.perf_counter() - t_all:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "gflops": gflops, "params": params, "rows": rows}, indent=1))
 
 
 def scoring_stats(runs: list[Measured]) -> dict | None:
-    """Median scoring seconds and tokens forwarded, from icl-eval's results.json (records' timing), if present."""
+    """Tokens icl-eval forwarded (the launcher's count) and its median scoring seconds (results.json's per-task
+    `seconds`: the model calls of each task, no start-up)."""
     got = []
     for m in runs:
-        for f in m.out_dir.glob("*/results.json"):
-            d = json.loads(f.read_text())
-            perf = d.get("environment", {}).get("performance")
-            if perf:
-                got.append(perf)
+        tokens = m.out_dir / "tokens.json"
+        seconds = [sum(t.get("seconds", {}).values()) for f in m.out_dir.glob("*/results.json") for t in json.loads(f.read_text())["tasks"].values()]
+        if tokens.exists() and seconds:
+            got.append((json.loads(tokens.read_text()), sum(seconds)))
     if not got:
         return None
-    return {"tokens_forwarded": got[-1]["tokens_forwarded"], "scoring_s": statistics.median(g["scoring_seconds"] for g in got)}
+    return {"tokens_forwarded": got[-1][0], "scoring_s": statistics.median(g[1] for g in got)}
 
 
 if __name__ == "__main__":
