@@ -291,6 +291,9 @@ def main(argv: list[str]) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false", HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)  # the matmul reference runs at the children's thread count
     hf = HFModel.load(args.model, device="cpu", dtype="float32", batch_size=1)
     hidden, inter, vocab, layers = model_shapes(args.model)
     params = hf.num_parameters
