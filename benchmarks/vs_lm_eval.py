@@ -1,6 +1,7 @@
 """icl-eval against lm-evaluation-harness 0.4.13: same model, same prompts, same machine, one run.
 
     PYTHONPATH=$PWD /work/venv-bench/bin/python benchmarks/vs_lm_eval.py [--limit 16] [--repeats 3] [--model PATH] [--backends hf,vllm]
+    PYTHONPATH=$PWD python benchmarks/vs_lm_eval.py --mode e2e --model FOLDER   (whole processes: vs_lm_eval_e2e.py)
 
 Both harnesses wrap the same in-memory model and tokenizer and are given the identical (context, continuation)
 strings built by icl-eval's prompt builder; lm-eval is driven through HFLM.loglikelihood / generate_until
@@ -224,4 +225,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if "--mode" in sys.argv and sys.argv[sys.argv.index("--mode") + 1 :][:1] == ["e2e"]:
+        from vs_lm_eval_e2e import main as e2e_main  # whole processes: its own options, see that module
+
+        e2e_main(sys.argv[1:])
+    else:
+        main()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -75,7 +77,8 @@ class BatchBudget:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         if self.tokens is not None:
-            self.tokens = max(self.floor, self.tokens // 2)
+            # never below one full-context row, nor up to it from a smaller measured budget (a CPU's)
+            self.tokens = max(min(self.floor, self.tokens), self.tokens // 2)
         if self.max_rows is not None:
             self.max_rows = max(1, self.max_rows // 2)
         elif self.tokens is not None and self.tokens <= self.floor:  # the tokens cannot shrink further: cap the rows
@@ -131,3 +134,54 @@ def group_shared_prefixes(rows: Sequence[Sequence[int]], min_shared: int) -> tup
         if i is not None:
             shared, members = len(rows[i]), [i]
     return groups, alone
+
+
+# Forward sizes tried by the CPU probe, and how close to the best throughput the chosen one must come.
+_PROBE_TOKENS = (256, 512, 1024, 2048, 4096)
+_PROBE_SHARE = 0.9
+
+
+def cpu_token_budget(hidden: int, inner: int, store: Path | None = None) -> int:
+    """Tokens per forward on this CPU: the fewest at which a matmul of the model's shape ([tokens, hidden] x
+    [hidden, inner], its MLP) reaches 90% of the best throughput measured over `_PROBE_TOKENS`.
+
+    Larger batches buy a CPU nothing once its matmuls are efficient, and cost memory and padding (every row
+    of a batch is padded to its longest). Measured once per shape, thread count and torch version (~0.2 s)
+    and remembered in `store`; a store that cannot be read or written only costs the next run the probe.
+    """
+    import json
+    import time
+
+    import torch
+
+    key = f"cpu {hidden}x{inner} threads={torch.get_num_threads()} torch={torch.__version__}"
+    remembered: dict = {}
+    if store is not None:
+        try:
+            remembered = json.loads(store.read_text())
+            if isinstance(remembered.get(key), int):
+                return remembered[key]
+        except (OSError, ValueError, AttributeError):
+            remembered = {}
+    weight = torch.randn(hidden, inner)
+    rate = {}
+    for tokens in _PROBE_TOKENS:
+        x = torch.randn(tokens, hidden)
+        x @ weight  # first call: allocation and kernel selection
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            x @ weight
+            best = min(best, time.perf_counter() - start)
+        rate[tokens] = tokens / max(best, 1e-9)
+    top = max(rate.values())
+    budget = next(t for t in _PROBE_TOKENS if rate[t] >= _PROBE_SHARE * top)
+    if store is not None and isinstance(remembered, dict):
+        try:
+            store.parent.mkdir(parents=True, exist_ok=True)
+            tmp = store.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**remembered, key: budget}))
+            os.replace(tmp, store)
+        except OSError:
+            pass
+    return budget

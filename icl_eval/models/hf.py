@@ -242,8 +242,14 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             return max(self.max_length, min(int(free * 0.5 / bytes_per_token), 1 << 20))
-        # On a CPU large batches buy little speed and cost memory; a few thousand tokens is the sweet spot.
-        return max(self.max_length, 4096)
+        # On a CPU large batches buy little speed and cost memory and padding: the fewest tokens at which this
+        # machine's matmuls at the model's shape are efficient, measured once (batching.cpu_token_budget). Not
+        # floored at the context window: a longer row still runs, alone (plan_batches).
+        from icl_eval.batching import cpu_token_budget
+        from icl_eval.models.fingerprint import store_path
+
+        inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
+        return cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json")
 
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""
