@@ -294,14 +294,19 @@ def test_the_server_reports_the_model_and_scores_by_echo(server, served_model, c
     assert served_model.count_tokens("naïve café") == 3  # the server's /tokenize, BOS included
 
 
-def test_server_agrees_with_hf_per_example(served_model, hf_model):
-    requests = [*LOGLIKELIHOOD, *greedy_continuations(hf_model, GENERATION_CONTEXTS), *ROLLING, *GENERATION]
-    diff = compare(hf_model, served_model, requests)
-    print("\nopenai (vllm serve) vs hf:", diff.summary(), file=sys.stderr)
+def assert_agree(reference: Model, served: Model, hf: Model, label: str) -> None:
+    """Every request kind answered alike by both: log-likelihoods within TOLERANCE, every other field equal."""
+    requests = [*LOGLIKELIHOOD, *greedy_continuations(hf, GENERATION_CONTEXTS), *ROLLING, *GENERATION]
+    diff = compare(reference, served, requests)
+    print(f"\nopenai (vllm serve) vs {label}:", diff.summary(), file=sys.stderr)
     assert diff.max_dll < TOLERANCE, diff.mismatches
     # Rows cut by max_new_tokens inside a character included: the server's text is decoded whole, as HF's is.
     assert diff.identical_generations / diff.generations >= 0.99, diff.mismatches
     assert not diff.mismatches, diff.mismatches
+
+
+def test_server_agrees_with_hf_per_example(served_model, hf_model):
+    assert_agree(hf_model, served_model, hf_model, "hf")
 
 
 # --- a whole run ---------------------------------------------------------------------------------
@@ -397,9 +402,4 @@ def vllm_model(checkpoint):
 
 
 def test_server_agrees_with_the_in_process_vllm_backend_per_example(served_model, vllm_model, hf_model):
-    requests = [*LOGLIKELIHOOD, *greedy_continuations(hf_model, GENERATION_CONTEXTS), *ROLLING, *GENERATION]
-    diff = compare(vllm_model, served_model, requests)
-    print("\nopenai (vllm serve) vs vllm in-process:", diff.summary(), file=sys.stderr)
-    assert diff.max_dll < TOLERANCE, diff.mismatches
-    assert diff.identical_generations / diff.generations >= 0.99, diff.mismatches
-    assert not diff.mismatches, diff.mismatches
+    assert_agree(vllm_model, served_model, hf_model, "vllm in-process")

@@ -275,11 +275,6 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
-    @property
-    def bos_description(self) -> str:
-        added = "adds BOS" if self.adds_bos else "adds no BOS"
-        return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
-
     def describe(self) -> dict[str, Any]:
         """The results' model block."""
         return {

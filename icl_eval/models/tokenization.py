@@ -16,6 +16,12 @@ BOS_POLICIES = ("tokenizer", "always", "never")
 
 
 class Tokenization:
+    @property
+    def bos_description(self) -> str:
+        """The results' line on BOS: the policy and what it does with this tokenizer."""
+        added = "adds BOS" if self.adds_bos else "adds no BOS"
+        return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
+
     def _tokenizer_adds_bos(self) -> bool:
         ids = self.tokenizer("a").input_ids
         return bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id

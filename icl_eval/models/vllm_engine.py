@@ -247,11 +247,6 @@ class VLLMModel(Tokenization):
             **({"gguf": self.gguf} if self.gguf else {}),
         }
 
-    @property
-    def bos_description(self) -> str:
-        added = "adds BOS" if self.adds_bos else "adds no BOS"
-        return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
-
     def settings(self) -> dict[str, Any]:
         return {
             "batch_size": None, "bos_policy": self.bos_policy, "bos": self.bos_description, "backend": "vllm",
