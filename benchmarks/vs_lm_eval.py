@@ -143,9 +143,6 @@ def main() -> None:
     ap.add_argument("--backends", default="hf", help="hf: the HF rows above; vllm: icl-eval's vLLM backend against lm-eval's vllm model (benchmarks/vllm_rows.py); or hf,vllm")
     ap.add_argument("--vllm-block-size", type=int, default=32, help="vLLM KV-cache block size for the vllm rows (the CPU build takes multiples of 32)")
     args = ap.parse_args()
-
-    from lm_eval.models.huggingface import HFLM
-
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -168,15 +165,23 @@ def main() -> None:
         workloads.append(Workload(f"4 generation, stop at newline, <= {args.max_new_tokens} new tokens", "generate", contexts, biased))
 
     backends = set(args.backends.split(","))
+    report = hf_rows(args, workloads, model, tok, hf, icl_bs, described) if "hf" in backends else []
     vllm_report = None
     if "vllm" in backends:
+        import gc
+
+        gc.collect()  # lm-eval's HF harness is gone: the engine's KV space is reserved beside what is left
         from vllm_rows import vllm_rows
 
         vllm_report = vllm_rows(args, workloads, tok, run_icl, run_lm, compare, model)
-        if "hf" not in backends:
-            if args.json:
-                Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), "vllm_rows": vllm_report}, indent=1))
-            return
+    if args.json:
+        rows = {"rows": report} if report else {}
+        Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), **rows, **({"vllm_rows": vllm_report} if vllm_report else {})}, indent=1))
+
+
+def hf_rows(args, workloads: list[Workload], model, tok, hf: HFModel, icl_bs, described: str) -> list[dict]:
+    """icl-eval's HF backend against lm-eval's HFLM on each workload: the table's rows."""
+    from lm_eval.models.huggingface import HFLM
 
     harnesses = {}
     for w in workloads:
@@ -220,8 +225,7 @@ def main() -> None:
     for r in report:
         agree = ", ".join(f"{k} {v if not isinstance(v, float) else f'{v:.2e}'}" for k, v in r.items() if k in ("identically_tokenized", "max_abs_diff", "same_is_greedy", "same_predictions", "generated_tokens"))
         print(f"| {r['workload']} | {r['requests']} | {r['lm_eval_s']:.2f} | {r['icl_eval_s']:.2f} | {r['ratio']:.2f}x | {r['lm_eval_peak_mib']:.0f} / {r['icl_eval_peak_mib']:.0f} | {agree} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "model": described, "args": vars(args), "rows": report, **({"vllm_rows": vllm_report} if vllm_report else {})}, indent=1))
+    return report
 
 
 if __name__ == "__main__":
