@@ -10,7 +10,7 @@ import numpy as np
 HIDDEN, FFN, LAYERS, HEADS, KV_HEADS = 64, 128, 2, 4, 2
 
 
-def write_tiny_llama_gguf(path: Path, seed: int = 0, architecture: str = "llama", quantised: bool = True) -> Path:
+def write_tiny_llama_gguf(path: Path, seed: int = 0, architecture: str = "llama", quantised: bool = True, add_bos: bool = False) -> Path:
     """A 2-layer Llama as llama.cpp writes it; with quantised, the big matrices are stored as Q8_0."""
     import gguf
     from tokenizers import Tokenizer
@@ -43,7 +43,7 @@ def write_tiny_llama_gguf(path: Path, seed: int = 0, architecture: str = "llama"
     w.add_token_merges(merges)
     w.add_bos_token_id(tok.bos_token_id)
     w.add_eos_token_id(tok.eos_token_id)
-    w.add_add_bos_token(False)
+    w.add_add_bos_token(add_bos)
 
     def tensor(name: str, *shape: int, norm: bool = False) -> None:
         data = np.ones(shape, np.float32) if norm else (rng.standard_normal(shape) * 0.05).astype(np.float32)

