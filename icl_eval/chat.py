@@ -74,11 +74,6 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
-def adds_bos(tokenizer: Any) -> bool:
-    ids = tokenizer("a").input_ids
-    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-
-
 def from_tokenizer(tokenizer: Any, where: str, multiturn: bool = False, backend_adds_bos: bool | None = None, fix: str = "") -> ChatFormat:
     """The chat format of a loaded tokenizer, probed on the conversation shapes the run will use.
 
@@ -109,7 +104,9 @@ def from_tokenizer(tokenizer: Any, where: str, multiturn: bool = False, backend_
         system = _SYSTEM_PROBE in render([{"role": "system", "content": _SYSTEM_PROBE}, {"role": "user", "content": _USER_PROBE}])
     except Exception:
         system = False
-    add = adds_bos(tokenizer) if backend_adds_bos is None else backend_adds_bos
+    from icl_eval.models.tokenization import tokenizer_adds_bos
+
+    add = tokenizer_adds_bos(tokenizer) if backend_adds_bos is None else backend_adds_bos
     bos = tokenizer.bos_token if add and isinstance(tokenizer.bos_token, str) and tokenizer.bos_token and out.startswith(tokenizer.bos_token) else ""
     return ChatFormat(hashlib.sha256(text.encode()).hexdigest(), multiturn, "system" if system else "user", where, bos, render)
 

@@ -123,8 +123,9 @@ def _keep_bos_rule(path: str, file: Path, tokenizer) -> None:
     wanted = _bool_field(_reader(path, file), "tokenizer.ggml.add_bos_token")
     if wanted is None or tokenizer.bos_token_id is None:
         return
-    adds = tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
-    if adds != wanted and hasattr(tokenizer, "add_bos_token"):
+    from icl_eval.models.tokenization import tokenizer_adds_bos
+
+    if tokenizer_adds_bos(tokenizer) != wanted and hasattr(tokenizer, "add_bos_token"):
         tokenizer.add_bos_token = wanted
 
 

