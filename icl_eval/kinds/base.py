@@ -45,6 +45,14 @@ class Kind:
             if getattr(task, key) and not self.allows_choices:
                 raise IclEvalError(f"{task.path}: '{key}' only applies to output_type multiple_choice (this task is {task.output_type})")
 
+    def require(self, task: TaskConfig, examples: dict[str, str], gives: str) -> None:
+        """Refuse a task file that leaves out a key this kind reads: one line naming the key, what it gives and an
+        example value."""
+        for key, example in examples.items():
+            if not getattr(task, key):
+                article = "an" if self.name[:1] in "aeiou" else "a"
+                raise IclEvalError(f"{task.path}: {article} {self.name} task needs '{key}' ({gives}, e.g. {key}: {example})")
+
     def required_blocks(self, task: TaskConfig) -> tuple[str, ...]:
         return self.blocks
 

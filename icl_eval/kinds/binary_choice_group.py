@@ -35,9 +35,7 @@ class BinaryChoiceGroup(Kind):
     allows_choices = True
 
     def check(self, task: TaskConfig) -> None:
-        for key, example in (("choices", "answers"), ("gold", "labels")):
-            if not getattr(task, key):
-                raise IclEvalError(f"{task.path}: a binary_choice_group task needs '{key}' (a Jinja expression giving one value per option, e.g. {key}: {example})")
+        self.require(task, {"choices": "answers", "gold": "labels"}, "a Jinja expression giving one value per option")
 
     def example(self, task: TaskConfig, doc: dict, doc_id: int) -> Example:
         options = string_list(task, "choices", eval_expression(task, "choices", doc, doc_id), doc_id)

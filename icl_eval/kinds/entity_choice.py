@@ -29,9 +29,7 @@ class EntityChoice(Kind):
     allows_choices = True
 
     def check(self, task: TaskConfig) -> None:
-        for key, example in (("choices", "entities"), ("references", "answers")):
-            if not getattr(task, key):
-                raise IclEvalError(f"{task.path}: an entity_choice task needs '{key}' (a Jinja expression giving a list, e.g. {key}: {example})")
+        self.require(task, {"choices": "entities", "references": "answers"}, "a Jinja expression giving a list")
         if task.gold:
             raise IclEvalError(f"{task.path}: 'gold' does not apply to output_type entity_choice; the accepted answers are 'references'")
 

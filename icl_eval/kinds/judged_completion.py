@@ -24,8 +24,7 @@ class JudgedCompletion(Generate):  # the same request and generation log; its ow
     allows_choices = True  # `gold`: the row's label
 
     def check(self, task: TaskConfig) -> None:
-        if not task.gold:
-            raise IclEvalError(f"{task.path}: a judged_completion task needs 'gold' (a Jinja expression giving 1 when the proposed answer is right, 0 when not, e.g. gold: \"1 if label else 0\")")
+        self.require(task, {"gold": '"1 if label else 0"'}, "a Jinja expression giving 1 when the proposed answer is right, 0 when not")
         if task.choices:
             raise IclEvalError(f"{task.path}: 'choices' does not apply to output_type judged_completion; the proposed answer is the template's target")
 

@@ -27,9 +27,7 @@ class MultipleChoice(Kind):
     allows_choices = True
 
     def check(self, task: TaskConfig) -> None:
-        for key in ("choices", "gold"):
-            if not getattr(task, key):
-                raise IclEvalError(f"{task.path}: a multiple_choice task needs '{key}' (a field name or Jinja expression, e.g. {key}: {'endings' if key == 'choices' else 'label'})")
+        self.require(task, {"choices": "endings", "gold": "label"}, "a field name or Jinja expression")
         if _needs_uncond(task) and task.scoring == "partial":
             raise IclEvalError(f"{task.path}: metric 'acc_uncond' needs scoring: full (partial scoring shares one continuation)")
 
