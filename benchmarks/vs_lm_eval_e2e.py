@@ -269,7 +269,8 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--limit", type=int, default=100)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--workloads", default=DEFAULT)
-    ap.add_argument("--lm-batch-size", default="32", help="lm-eval's --batch_size (its best on this machine; see README)")
+    ap.add_argument("--lm-batch-size", default="32", help="lm-eval's --batch_size (its best on this machine; see README); "
+                    "per workload as 32,arith32=8 (a 262k vocabulary's full log-softmax at 32 long rows does not fit)")
     ap.add_argument("--lm-eval", default="/tmp/venv-lead/bin/python", help="a Python with lm-eval 0.4.13 installed")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for both harnesses (default: torch's choice)")
@@ -301,6 +302,7 @@ def main(argv: list[str]) -> None:
     del hf.model
     icl_model = args.icl_model or args.model
     names = args.workloads.split(",")
+    lm_batch = lm_batch_sizes(args.lm_batch_size)
     print(f"model {args.model}: {params:,} parameters; lm-eval batch size {args.lm_batch_size}; limit {args.limit}; pairs {args.pairs}")
     print(f"torch float32 matmul at the model's shapes (512 tokens): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in gflops.items()), flush=True)
     peak_gflops = max(gflops.values())
@@ -325,7 +327,7 @@ def main(argv: list[str]) -> None:
                 if who == "icl":
                     cmd = icl_command(icl_model, spec, limit, args.seed, out, include)
                 else:
-                    cmd = lm_command(args.lm_eval, args.model, lm_tasks, args.lm_batch_size, out, work / "lm_tasks")
+                    cmd = lm_command(args.lm_eval, args.model, lm_tasks, lm_batch.get(name, lm_batch[""]), out, work / "lm_tasks")
                 m = run_process(cmd, dict(env, E2E_TOKENS_FILE=str(out / "tokens.json")), out, out / "log.txt")
                 if m.rc:
                     print(f"  {name} {who} failed (exit {m.rc}):\n{m.stderr_tail}", flush=True)
@@ -337,7 +339,7 @@ def main(argv: list[str]) -> None:
         med = {k: statistics.median(m.seconds for m in v) for k, v in times.items()}
         cpu = {k: statistics.median(m.cpu_s for m in v) for k, v in times.items()}
         row = {
-            "workload": name, "tasks": list(spec.tasks), "shots": spec.shots, "limit": limit,
+            "workload": name, "tasks": list(spec.tasks), "shots": spec.shots, "limit": limit, "lm_batch_size": lm_batch.get(name, lm_batch[""]),
             "lm_eval_s": med["lm"], "icl_eval_s": med["icl"], "ratio": med["lm"] / med["icl"],
             "lm_eval_cpu_s": cpu["lm"], "icl_eval_cpu_s": cpu["icl"], "cpu_ratio": cpu["lm"] / cpu["icl"],
             "lm_eval_peak_mib": statistics.median(m.peak_mib for m in times["lm"]),
@@ -355,6 +357,8 @@ def main(argv: list[str]) -> None:
             row["matmul_fraction_without_embedding"] = row["tokens_forwarded"] * 2 * body / row["scoring_s"] / 1e9 / peak_gflops
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.json:  # after every workload: a long run stopped part-way keeps what it measured
+            Path(args.json).write_text(json.dumps({"args": vars(args), "gflops": gflops, "params": params, "rows": rows}, indent=1))
     print("\n| workload | lm-eval s | icl-eval s | ratio | cpu-s ratio | peak MiB lm-eval / icl-eval | agreement | matmul fraction (without the embedding) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -365,6 +369,15 @@ def main(argv: list[str]) -> None:
     print(f"\nwhole measurement: {time.perf_counter() - t_all:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "gflops": gflops, "params": params, "rows": rows}, indent=1))
+
+
+def lm_batch_sizes(text: str) -> dict[str, str]:
+    """'32,arith32=8' -> {'': '32', 'arith32': '8'}: a default and per-workload overrides."""
+    out = {"": "32"}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, size = part.rpartition("=")
+        out[name] = size
+    return out
 
 
 def scoring_stats(runs: list[Measured]) -> dict | None:

@@ -123,6 +123,31 @@ def test_packed_mask_keeps_candidates_apart(gpt2_tokenizer, tiny_gpt2_model):
     assert visible[1].any(-1).all()  # padding sees something: no NaN rows
 
 
+def tiny_gemma3(vocab_size: int, sliding_window: int):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(2)
+    cfg = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, sliding_window=sliding_window, max_position_embeddings=512,
+    )
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+@pytest.mark.parametrize("window", [8, 512])
+def test_packed_rows_respect_a_sliding_window(gpt2_tokenizer, window):
+    # transformers applies a ready 4D mask unchanged in sliding-window layers: a packed question longer than the
+    # window scored as if the layer saw everything (Gemma 3 270M, window 512: -81.8 against -47.3 forwarded whole).
+    model = tiny_gemma3(len(gpt2_tokenizer), window)
+    reqs = mc_requests()
+    hf = make_hf_model(model, gpt2_tokenizer, min_shared_prefix=2)
+    assert hf._packs and hf._attention_window == window
+    packs = counting_packs(hf)
+    assert_same(hf.loglikelihood(reqs), make_hf_model(model, gpt2_tokenizer, share_prefixes=False).loglikelihood(reqs))
+    # The questions (~35 tokens) pack under a 512 window; under 8 only the short "Answer:" group still does.
+    assert sum(packs) == (len(QUESTIONS) + 1 if window == 512 else 1)
+
+
 def test_packing_falls_back_when_the_model_ignores_the_mask(gpt2_tokenizer, tiny_gpt2_model, monkeypatch):
     from icl_eval.models.hf import HFModel
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 
-from icl_eval.batching import BatchBudget
+from icl_eval.batching import BatchBudget, available_memory
 from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
 from icl_eval.models.hf_generation import GreedyGeneration
-from icl_eval.models.hf_scoring import LoglikelihoodScoring
+from icl_eval.models.hf_scoring import LoglikelihoodScoring, sliding_window
 from icl_eval.models.tokenization import BOS_POLICIES, Tokenization, tokenizer_adds_bos
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -152,6 +152,9 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         self._split_head = self._head_matches_full_forward()
         # One question's candidates packed into one row (4D mask) instead of a KV-cache copy per candidate.
         self._packs = share_prefixes and self._packing_matches_plain()
+        # transformers uses a ready 4D mask as it is, in sliding-window layers too (Gemma 3, Mistral): a packed
+        # row is exact only while every key it lets a query see lies inside the window.
+        self._attention_window = sliding_window(model.config)
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -250,6 +253,26 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
 
         inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
         return cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json")
+
+    def _decode_rows(self, longest: int) -> int:
+        """Rows that decode together, each up to `longest` tokens (prompt and new tokens).
+
+        On a GPU the token budget comes from free memory and holds that many whole rows. On a CPU it is the
+        forward size at which matmuls are efficient: a decoding step forwards one token per row, so up to that
+        many rows, as long as their KV caches take at most a quarter of the memory available now (prefills
+        still run within the budget, _prefills). Given rows (--batch-size N) stay as given.
+        """
+        available = available_memory() if self.device.type == "cpu" else None
+        if self.budget.max_rows is not None or self.budget.tokens is None or available is None:
+            return self.budget.rows_for(longest)
+        cfg = self.model.config.get_text_config()
+        heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
+        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
+        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
+        kv_bytes_per_token = 2 * layers * kv_heads * head_dim * self.dtype.itemsize
+        return max(1, min(self.budget.tokens, available // 4 // (longest * kv_bytes_per_token)))
 
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""

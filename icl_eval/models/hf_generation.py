@@ -2,18 +2,20 @@
 waiting row takes its place, so the batch stays full and finished rows cost nothing further.
 
 A mixin of HFModel (models/hf.py), which supplies the model, its tokenizer and encode(), the context window
-(max_length), the batch budget and the transformers-version details (_cache_arg, _cache_of).
+(max_length), the batch budget, the rows that decode together (_decode_rows), the span of sliding-window
+attention (_attention_window) and the transformers-version details (_cache_arg, _cache_of).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from icl_eval.batching import plan_batches
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, OnResult, Progress
 
@@ -69,7 +71,7 @@ class GreedyGeneration:
 
         pending = deque(sorted(range(len(requests)), key=lambda i: -lengths[i]))  # longest first: OOM shows early
         while pending:
-            capacity = self.budget.rows_for(lengths[pending[0]])
+            capacity = self._decode_rows(lengths[pending[0]])
             try:
                 self._generate_stream(pending, capacity, prompts, requests, finish)
             except Exception as e:  # rows in flight went back to `pending`; finished rows are kept
@@ -96,8 +98,8 @@ class GreedyGeneration:
                     joining = [pending.popleft() for _ in range(min(free, len(pending)))]
                     for i in joining:
                         decoders[i] = _StopDecoder(self.tokenizer, requests[i].until, requests[i].max_new_tokens)
-                    new = self._prefill(joining, [prompts[i].tokens for i in joining])
-                    batch = new if batch is None else _joined(batch, new)
+                    for new in self._prefills(joining, [prompts[i].tokens for i in joining]):
+                        batch = new if batch is None else _joined(batch, new)
                     joining = []
                 keep = [k for k, (i, tok) in enumerate(zip(batch.rows, batch.next_tokens.tolist())) if not decoders[i].push(tok, eos)]
                 for i in batch.rows:
@@ -119,6 +121,16 @@ class GreedyGeneration:
             # Unfinished rows start again (a prefill that failed included); finished ones were reported.
             pending.extendleft(reversed((batch.rows if batch else []) + joining))
             raise
+
+    def _prefills(self, rows: list[int], prompts: list[list[int]]) -> Iterator[Running]:
+        """The joining rows prefilled in forwards within the batch budget, as the decode batch holds more rows
+        than one efficient forward (a step forwards one token per row). A cache that cannot be joined
+        (sliding-window layers) is prefilled in one forward."""
+        if self._attention_window is not None:
+            yield self._prefill(rows, prompts)
+            return
+        for chunk in plan_batches([len(x) for x in prompts], self.budget.max_rows, self.budget.tokens):
+            yield self._prefill([rows[j] for j in chunk], [prompts[j] for j in chunk])
 
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> Running:
         """Left-padded prompts forwarded once: their cache, mask, last positions and first generated tokens."""

@@ -3,7 +3,7 @@ forwarded once, and whole documents in rolling windows.
 
 A mixin of HFModel (models/hf.py), which supplies the model, its tokenizer and encoding (encode_pairs,
 prefix_id, pad_id), the context window (max_length), the batch budget and the transformers-version details
-(_cache_arg, _cache_of, _split_head).
+(_cache_arg, _cache_of, _split_head) and the span of sliding-window attention (_attention_window).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -55,6 +55,16 @@ class Pack(NamedTuple):
     @property
     def length(self) -> int:
         return len(self.prefix) + sum(len(r.tokens) for r in self.rows)
+
+
+def sliding_window(config: Any) -> int | None:
+    """The span of the model's sliding-window attention layers, or None where every layer sees the whole row."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(cfg, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(cfg, "layer_types", None)
+    return window if layer_types is None or "sliding_attention" in layer_types else None
 
 
 class Scored(NamedTuple):
@@ -221,7 +231,9 @@ class LoglikelihoodScoring:
             t = target_t[at : at + step]
             lp_parts.append(logprobs.gather(1, t[:, None])[:, 0])
             greedy_parts.append(logprobs.argmax(-1) == t)
-            finite_parts.append(torch.isfinite(logprobs).all(-1))
+            # NaN or inf anywhere makes the row's sum non-finite: one reduction instead of isfinite's passes.
+            # (logit - logsumexp would be faster still, but rounds differently from log_softmax, lm-eval's op.)
+            finite_parts.append(torch.isfinite(logprobs.sum(-1)))
             del logprobs
         token_lp, greedy, finite = torch.cat(lp_parts), torch.cat(greedy_parts), torch.cat(finite_parts)
         out, start = [], 0
@@ -245,7 +257,7 @@ class LoglikelihoodScoring:
         packs = []
         for shared, members in groups:
             pack = Pack(rows[members[0]].tokens[:shared], [rows[m]._replace(tokens=rows[m].tokens[shared:]) for m in members])
-            if self._packs and self._packable(pack):
+            if self._packs and self._packable(pack, n_prefix):
                 packs.append(pack)
                 continue
             sub = self._extend_cache(cache, n_prefix, rows[members[0]].tokens[:shared])
@@ -296,11 +308,15 @@ class LoglikelihoodScoring:
         return self._score_positions(kwargs, spans)
 
     # --- packed rows: one question per row, no cache ----------------------------------------
-    def _packable(self, pack: Pack) -> bool:
+    def _packable(self, pack: Pack, n_prefix: int) -> bool:
         """A group whose rows share nothing further (one question's candidates) and that fits one context window:
         packing it forwards exactly what the cache path would, in one row. Deeper tries (fixed demonstrations,
-        then each question) keep the cache path, which forwards every trie node once."""
+        then each question) keep the cache path, which forwards every trie node once. With sliding-window
+        layers the packed mask (which has no window) is exact only if no candidate reaches past the window."""
         if pack.length > self.max_length:
+            return False
+        window = self._attention_window
+        if window is not None and n_prefix + len(pack.prefix) + max(len(r.tokens) for r in pack.rows) > window:
             return False
         rest = [r.tokens[: len(r.tokens) - len(r.continuation)] for r in pack.rows]
         return not group_shared_prefixes(rest, self.min_shared_prefix)[0]
