@@ -81,6 +81,29 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
     assert all(rows * width <= 16 or rows == 1 for rows, width in prefills)
 
 
+def test_oom_in_a_later_prefill_requeues_each_row_once(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    from icl_eval.batching import BatchBudget
+
+    reqs = requests()
+    expected = [hf_greedy(tiny_gpt2_model, gpt2_tokenizer, r) for r in reqs]
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size="auto")
+    hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length)
+    real, prefills = hf.model.forward, [0]
+
+    def flaky(*args, **kwargs):
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills[0] += 1
+            if prefills[0] == 2:  # the second prefill of the first group: the first is already in the batch
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf.model, "forward", flaky)
+    reported = {}
+    outs = hf.generate(reqs, on_result=lambda i, r: reported.setdefault(i, []).append(r))
+    assert [o.text for o in outs] == expected
+    assert sorted(reported) == list(range(len(reqs))) and all(len(v) == 1 for v in reported.values())
+
+
 def test_oom_during_generation_keeps_finished_rows(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
     reqs = requests()
     expected = [o.text for o in make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4).generate(reqs)]

@@ -100,7 +100,7 @@ class GreedyGeneration:
                         decoders[i] = _StopDecoder(self.tokenizer, requests[i].until, requests[i].max_new_tokens)
                     for new in self._prefills(joining, [prompts[i].tokens for i in joining]):
                         batch = new if batch is None else _joined(batch, new)
-                    joining = []
+                        joining = [i for i in joining if i not in new.rows]  # in the batch now: not re-queued twice
                 keep = [k for k, (i, tok) in enumerate(zip(batch.rows, batch.next_tokens.tolist())) if not decoders[i].push(tok, eos)]
                 for i in batch.rows:
                     if decoders[i].done:
