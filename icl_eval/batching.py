@@ -33,18 +33,6 @@ def plan_batches(lengths: Sequence[int], max_rows: int | None, token_budget: int
     return batches
 
 
-def available_memory() -> int | None:
-    """Bytes of memory this machine can still hand out (Linux's MemAvailable), or None where it cannot say."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def is_out_of_memory(e: BaseException) -> bool:
     import torch
 

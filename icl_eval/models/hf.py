@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from icl_eval.batching import BatchBudget, available_memory
+from icl_eval.batching import BatchBudget
 from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
 from icl_eval.models.hf_generation import GreedyGeneration
@@ -257,14 +257,16 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
     def _decode_rows(self, longest: int) -> int:
         """Rows that decode together, each up to `longest` tokens (prompt and new tokens).
 
-        On a GPU the token budget comes from free memory and holds that many whole rows. On a CPU it is the
-        forward size at which matmuls are efficient: a decoding step forwards one token per row, so up to that
-        many rows, as long as their KV caches take at most a quarter of the memory available now (prefills
-        still run within the budget, _prefills). Given rows (--batch-size N) stay as given.
+        As many whole rows as the token budget holds, and on a CPU at least as many as fit a KV cache of a
+        quarter of the model's own size. A decoding step forwards one token per row and, for a few rows, is
+        bound by reading the weights, so a CPU's budget (a forward size: 256 tokens at one thread) would decode
+        a 5-shot TriviaQA row at a time; a cache bounded by the weights keeps the memory a run adds small (a
+        bound by free memory let 100 rows hold 1.2 GB, twice lm-eval's peak). Prefills still run within the
+        budget (_prefills). Given rows (--batch-size N) stay as given.
         """
-        available = available_memory() if self.device.type == "cpu" else None
-        if self.budget.max_rows is not None or self.budget.tokens is None or available is None:
-            return self.budget.rows_for(longest)
+        rows = self.budget.rows_for(longest)
+        if self.device.type != "cpu" or self.budget.max_rows is not None or self.budget.tokens is None:
+            return rows
         cfg = self.model.config.get_text_config()
         heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
         hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
@@ -272,7 +274,8 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
         layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
         kv_bytes_per_token = 2 * layers * kv_heads * head_dim * self.dtype.itemsize
-        return max(1, min(self.budget.tokens, available // 4 // (longest * kv_bytes_per_token)))
+        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return max(rows, min(self.budget.tokens, weight_bytes // 4 // (longest * kv_bytes_per_token)))
 
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""
