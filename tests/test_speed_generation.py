@@ -81,6 +81,29 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
     assert all(rows * width <= 16 or rows == 1 for rows, width in prefills)
 
 
+def test_a_cache_that_cannot_be_joined_is_prefilled_in_one_forward(gpt2_tokenizer, monkeypatch):
+    # Gemma 3's sliding-window cache layers cannot be joined: its rows must not be prefilled in chunks.
+    from icl_eval.batching import BatchBudget
+    from test_speed_scoring import tiny_gemma3
+
+    model = tiny_gemma3(len(gpt2_tokenizer), 64)
+    hf = make_hf_model(model, gpt2_tokenizer, batch_size="auto")
+    hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length)
+    shapes = []
+    real = hf.model.forward
+
+    def spy(*args, **kwargs):
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hf.model, "forward", spy)
+    reqs = requests()
+    outs = hf.generate(reqs)
+    assert not hf._joinable
+    assert [o.text for o in outs] == [make_hf_model(model, gpt2_tokenizer, batch_size=1).generate([r])[0].text for r in reqs]
+    assert max(rows for rows, width in shapes if width > 1) == len(reqs)  # one prefill of every row
+
+
 def test_oom_in_a_later_prefill_requeues_each_row_once(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
     from icl_eval.batching import BatchBudget
 

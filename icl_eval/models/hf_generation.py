@@ -2,8 +2,8 @@
 waiting row takes its place, so the batch stays full and finished rows cost nothing further.
 
 A mixin of HFModel (models/hf.py), which supplies the model, its tokenizer and encode(), the context window
-(max_length), the batch budget, the rows that decode together (_decode_rows), the span of sliding-window
-attention (_attention_window) and the transformers-version details (_cache_arg, _cache_of).
+(max_length), the batch budget, the rows that decode together (_decode_rows) and the transformers-version
+details (_cache_arg, _cache_of).
 """
 
 from __future__ import annotations
@@ -125,12 +125,21 @@ class GreedyGeneration:
     def _prefills(self, rows: list[int], prompts: list[list[int]]) -> Iterator[Running]:
         """The joining rows prefilled in forwards within the batch budget, as the decode batch holds more rows
         than one efficient forward (a step forwards one token per row). A cache that cannot be joined
-        (sliding-window layers) is prefilled in one forward."""
-        if self._attention_window is not None:
+        (sliding-window or other non-plain layers) is prefilled in one forward."""
+        if not self._caches_join():
             yield self._prefill(rows, prompts)
             return
         for chunk in plan_batches([len(x) for x in prompts], self.budget.max_rows, self.budget.tokens):
             yield self._prefill([rows[j] for j in chunk], [prompts[j] for j in chunk])
+
+    @torch.no_grad()
+    def _caches_join(self) -> bool:
+        """Whether this model's KV caches are plain per-layer tensors, which batches can be joined on; found once
+        from a one-token forward (not counted in tokens_forwarded: it scores nothing)."""
+        if getattr(self, "_joinable", None) is None:
+            ids = torch.tensor([[self.prefix_id or 0]], device=self.device)
+            self._joinable = _plain_layers(self._cache_of(self.model(input_ids=ids, use_cache=True, logits_to_keep=1)))
+        return self._joinable
 
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> Running:
         """Left-padded prompts forwarded once: their cache, mask, last positions and first generated tokens."""
