@@ -254,29 +254,6 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
         return cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json")
 
-    def _decode_rows(self, longest: int) -> int:
-        """Rows that decode together, each up to `longest` tokens (prompt and new tokens).
-
-        As many whole rows as the token budget holds, and on a CPU at least as many as fit a KV cache of a
-        quarter of the model's own size. A decoding step forwards one token per row and, for a few rows, is
-        bound by reading the weights, so a CPU's budget (a forward size: 256 tokens at one thread) would decode
-        a 5-shot TriviaQA row at a time; a cache bounded by the weights keeps the memory a run adds small (a
-        bound by free memory let 100 rows decode together: 3.0 GB peak against lm-eval's 1.5). Prefills run
-        within the budget (_prefills). Given rows (--batch-size N) stay as given.
-        """
-        rows = self.budget.rows_for(longest)
-        if self.device.type != "cpu" or self.budget.max_rows is not None or self.budget.tokens is None:
-            return rows
-        cfg = self.model.config.get_text_config()
-        heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", 1)
-        hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
-        head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-        layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", 1)
-        kv_bytes_per_token = 2 * layers * kv_heads * head_dim * self.dtype.itemsize
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return max(rows, min(self.budget.tokens, weight_bytes // 4 // (longest * kv_bytes_per_token)))
-
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""
         head = self.model.get_output_embeddings()
