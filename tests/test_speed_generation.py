@@ -39,17 +39,34 @@ def test_stream_matches_plain_greedy_and_forwards_each_token_once(tiny_gpt2_mode
     assert hf.tokens_forwarded == prompts + sum(o.n_tokens - 1 for o in outs)
 
 
-def test_rows_leave_and_join_the_batch(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
-    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=3)
-    widths = []
+def recorded_shapes(hf, monkeypatch) -> list[tuple[int, int]]:
+    """The (rows, width) of every forward's input ids, in order, after the one-token cache probe (not a step)."""
+    hf._kv_cache()
+    shapes = []
     real = hf.model.forward
 
     def spy(*args, **kwargs):
-        widths.append(kwargs["input_ids"].shape[0])
+        shapes.append(tuple(kwargs["input_ids"].shape))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hf.model, "forward", spy)
+    return shapes
+
+
+def with_small_budget(model, tokenizer):
+    """An auto-batched model whose token budget (16) is below one row: the CPU's case for long prompts."""
+    from icl_eval.batching import BatchBudget
+
+    hf = make_hf_model(model, tokenizer, batch_size="auto")
+    hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length)
+    return hf
+
+
+def test_rows_leave_and_join_the_batch(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=3)
+    shapes = recorded_shapes(hf, monkeypatch)
     hf.generate(requests())
+    widths = [rows for rows, _ in shapes]
     assert max(widths) == 3 and min(widths) < 3  # never more than the cap, and stopped rows really leave
     assert len(widths) < sum(r.max_new_tokens for r in requests()) / 2  # rows ran side by side
 
@@ -59,19 +76,9 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
     # token per row, so rows decode side by side up to that many, while every prefill stays within the budget:
     # at a budget below one row (the measured 256 against 5-shot TriviaQA's ~200-token prompts) rows had
     # decoded one at a time.
-    from icl_eval.batching import BatchBudget
-
-    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size="auto")
+    hf = with_small_budget(tiny_gpt2_model, gpt2_tokenizer)
     assert hf.device.type == "cpu"
-    hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length)
-    shapes = []
-    real = hf.model.forward
-
-    def spy(*args, **kwargs):
-        shapes.append(tuple(kwargs["input_ids"].shape))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hf.model, "forward", spy)
+    shapes = recorded_shapes(hf, monkeypatch)
     reqs = requests()
     outs = hf.generate(reqs)
     assert [o.text for o in outs] == [hf_greedy(tiny_gpt2_model, gpt2_tokenizer, r) for r in reqs]
@@ -83,34 +90,22 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
 
 def test_a_cache_that_cannot_be_joined_is_prefilled_in_one_forward(gpt2_tokenizer, monkeypatch):
     # Gemma 3's sliding-window cache layers cannot be joined: its rows must not be prefilled in chunks.
-    from icl_eval.batching import BatchBudget
     from test_speed_scoring import tiny_gemma3
 
     model = tiny_gemma3(len(gpt2_tokenizer), 64)
-    hf = make_hf_model(model, gpt2_tokenizer, batch_size="auto")
-    hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length)
-    shapes = []
-    real = hf.model.forward
-
-    def spy(*args, **kwargs):
-        shapes.append(tuple(kwargs["input_ids"].shape))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(hf.model, "forward", spy)
+    hf = with_small_budget(model, gpt2_tokenizer)
+    shapes = recorded_shapes(hf, monkeypatch)
     reqs = requests()
     outs = hf.generate(reqs)
-    assert not hf._joinable
+    assert not hf._kv_cache().joinable
     assert [o.text for o in outs] == [make_hf_model(model, gpt2_tokenizer, batch_size=1).generate([r])[0].text for r in reqs]
     assert max(rows for rows, width in shapes if width > 1) == len(reqs)  # one prefill of every row
 
 
 def test_oom_in_a_later_prefill_requeues_each_row_once(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
-    from icl_eval.batching import BatchBudget
-
     reqs = requests()
     expected = [hf_greedy(tiny_gpt2_model, gpt2_tokenizer, r) for r in reqs]
-    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size="auto")
-    hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length)
+    hf = with_small_budget(tiny_gpt2_model, gpt2_tokenizer)
     real, prefills = hf.model.forward, [0]
 
     def flaky(*args, **kwargs):
