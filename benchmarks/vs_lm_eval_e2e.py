@@ -193,14 +193,10 @@ def lm_samples(out: Path) -> dict[tuple[str, int], dict]:
     return rows
 
 
-def until_stop(text: str, until: list[str]) -> str:
-    """icl-eval logs the raw text with its stop sequence; lm-eval returns it cut before the first one."""
-    cut = min([text.find(u) for u in until if u and u in text] or [len(text)])
-    return text[:cut]
-
-
 def agreement(exported: dict[str, dict], icl_out: Path, lm_out: Path) -> dict:
     """Largest |log-likelihood difference| per scored string, identical picks / greedy flags / generations."""
+    from icl_eval.models.openai_server import cut_at_stop
+
     ours = icl_samples(icl_out)
     theirs_by_file: dict[str, dict[int, dict]] = {}
     for f in lm_out.rglob("samples_*.jsonl"):
@@ -215,7 +211,8 @@ def agreement(exported: dict[str, dict], icl_out: Path, lm_out: Path) -> dict:
                 continue
             n += 1
             if ex["kind"] == "gen":
-                same_text += until_stop(a["generation_raw"], a["until"]) == b["resps"][0][0]
+                # icl-eval logs the raw text with its stop sequence; lm-eval returns it cut before the first one
+                same_text += cut_at_stop(a["generation_raw"], a["until"]) == b["resps"][0][0]
                 continue
             lls = [c["loglikelihood"] for c in a["candidates"]] if "candidates" in a else [a["loglikelihood"]]
             greedy = [c["is_greedy"] for c in a["candidates"]] if "candidates" in a else [a.get("is_greedy")]
