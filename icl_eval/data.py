@@ -11,7 +11,7 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -227,29 +227,60 @@ def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc
 
     Besides the record's fields, an expression may call the answer-choosing functions of icl_eval.answers
     (`canonical_alias(answers)`, `first_clean_answer(answers)`); a record field of the same name wins."""
-    if not mapping:
-        return docs
-    from icl_eval.answers import FIELD_FUNCTIONS
-    from icl_eval.prompts import call_expression, compile_expression
+    return list(MappedDocs(docs, mapping, where)) if mapping else docs
 
-    compiled = {name: compile_expression(expr, f"{where}.{name}") for name, expr in mapping.items()}
-    # A mapping that is just a field name (most of them) is a dict lookup: rendering a Jinja expression per
-    # record was most of a large task's load time (TriviaQA: 20k records x 3 fields).
-    plain = {name: expr.strip() for name, expr in mapping.items() if expr.strip().isidentifier()}
-    out = []
-    for i, raw in enumerate(docs):
+
+class MappedDocs(Sequence):
+    """map_fields' documents, each mapped when first read: a --limit run of a 10,000-example task maps the
+    examples it renders, not all of them (mapping all of HellaSwag's was half a second of start-up). A record
+    that does not map raises when it is read, naming its index. Pickles and compares as the plain list."""
+
+    def __init__(self, docs: list[Doc], mapping: dict[str, str], where: str):
+        from icl_eval.prompts import compile_expression
+
+        self._raw, self._where = docs, where
+        self._compiled = {name: compile_expression(expr, f"{where}.{name}") for name, expr in mapping.items()}
+        # A mapping that is just a field name (most of them) is a dict lookup: rendering a Jinja expression per
+        # record was most of a large task's load time (TriviaQA: 20k records x 3 fields).
+        self._plain = {name: expr.strip() for name, expr in mapping.items() if expr.strip().isidentifier()}
+        self._mapped: dict[int, Doc] = {}
+        if docs:
+            self[0]  # a mapping that fits no record (a mistyped field name) fails here, at load
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]  # negative indices, and IndexError past the end (which ends iteration)
+        if i not in self._mapped:
+            self._mapped[i] = self._map(i, self._raw[i])
+        return self._mapped[i]
+
+    def _map(self, i: int, raw: Doc) -> Doc:
+        from icl_eval.answers import FIELD_FUNCTIONS
+        from icl_eval.prompts import call_expression
+
         doc = {}
-        for name, fn in compiled.items():
-            field = plain.get(name)
+        for name, fn in self._compiled.items():
+            field = self._plain.get(name)
             if field is not None and field in raw:
                 doc[name] = raw[field]
                 continue
             try:
                 doc[name] = call_expression(fn, **{**FIELD_FUNCTIONS, **raw}, doc=raw)
             except Exception as e:  # a missing field or a Python error inside the expression
-                raise IclEvalError(f"{where}.{name}: example {i}: {type(e).__name__}: {e}; the record's fields are: {', '.join(sorted(raw))}") from None
-        out.append(doc)
-    return out
+                raise IclEvalError(f"{self._where}.{name}: example {i}: {type(e).__name__}: {e}; the record's fields are: {', '.join(sorted(raw))}") from None
+        return doc
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, MappedDocs)) else NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (list, (list(self),))
 
 
 def under_root(rel: str, root: Path, what: str) -> Path:
@@ -277,7 +308,7 @@ def _decompress_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def read_local(src: DataSource, root: Path) -> list[Doc]:
+def read_local(src: DataSource, root: Path) -> Sequence[Doc]:
     path = under_root(src.local, root, "data.local")
     fmt = src.format or infer_format(path)
     reader = READERS.get(fmt)
@@ -289,17 +320,17 @@ def read_local(src: DataSource, root: Path) -> list[Doc]:
         raise IclEvalError(f"{path}: cannot read data file ({e}); re-download it") from None
     _add_line_fields(docs, src, root, path)
     _parse_literals(docs, src, path)
-    return map_fields(docs, src.fields, f"{path} (data.fields)")
+    return MappedDocs(docs, src.fields, f"{path} (data.fields)") if src.fields else docs
 
 
-def read_hub(src: DataSource) -> list[Doc]:
+def read_hub(src: DataSource) -> Sequence[Doc]:
     import datasets
 
     ds = datasets.load_dataset(src.hub, src.hub_name, split=src.hub_split)
     rows = [dict(row) for row in ds]
     if src.format in HUB_LAYOUTS:  # a row per dialogue: one document per question, as the local reader gives
         rows = HUB_LAYOUTS[src.format](rows, f"hub:{src.hub}")
-    return map_fields(rows, src.hub_fields, f"hub:{src.hub} (data.hub_fields)")
+    return MappedDocs(rows, src.hub_fields, f"hub:{src.hub} (data.hub_fields)") if src.hub_fields else rows
 
 
 def _local_exists(path: Path) -> bool:
@@ -315,7 +346,7 @@ def _local_path(src: DataSource, root: Path | None) -> Path | None:
     return under_root(src.local, root, "data.local") if root else None
 
 
-def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> tuple[list[Doc], str]:
+def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> tuple[Sequence[Doc], str]:
     """Documents and a description of where they came from. Local first: it is explicit and offline."""
     root = data_root(data_dir)
     local = _local_path(src, root)
@@ -342,6 +373,6 @@ def load_source(src: DataSource, data_dir: str | None, seed: int, what: str) -> 
     raise IclEvalError(f"no data for {what}: tried {' and '.join(tried)}; download it there or pass --data-dir DIR holding {src.local or 'the files'}")
 
 
-def load_docs(task: TaskConfig, data_dir: str | None, seed: int = 1234) -> list[Doc]:
+def load_docs(task: TaskConfig, data_dir: str | None, seed: int = 1234) -> Sequence[Doc]:
     """The evaluation split of a task; doc_id is the index in this list."""
     return load_source(task.data, data_dir, seed, f"task '{task.name}' ({task.path})")[0]

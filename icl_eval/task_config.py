@@ -268,6 +268,10 @@ def _expanded_size(node: yaml.Node, path: Path, memo: dict[int, tuple[int, int]]
     return values, chars
 
 
+# libyaml's parser where PyYAML was built with it: reading the ~60 built-in task files was a tenth of start-up.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _yaml_error(e: yaml.YAMLError, path: Path) -> IclEvalError:
     if isinstance(e, yaml.constructor.ConstructorError) and "tag" in str(e.problem):  # e.g. !!python/object: the safe loader builds no objects
         mark = e.problem_mark
@@ -292,10 +296,11 @@ def read_yaml(path: Path) -> Any:
     text = _decode(data, path)
     try:
         # Compose first (parsing only, nothing is built) to measure what the aliases expand to.
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        if root is not None:
-            _expanded_size(root, path, {}, set(), 0)
-        return yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_LOADER)
+        if root is None:
+            return None
+        _expanded_size(root, path, {}, set(), 0)
+        return yaml.constructor.SafeConstructor().construct_document(root)
     except yaml.YAMLError as e:
         raise _yaml_error(e, path) from None
     except RecursionError:

@@ -19,6 +19,7 @@ from icl_eval import metrics
 from icl_eval.cli import _print_table
 from icl_eval.cli import main as cli_main
 from icl_eval.compare import formats, load, plots, report, table
+from icl_eval.compare import FORMATS
 from icl_eval.compare.cli import collect_tests, register, run_command
 from icl_eval.compare.significance import paired_bootstrap
 from icl_eval.errors import IclEvalError
@@ -246,7 +247,11 @@ def test_cross_model_config_difference_is_warned(tmp_path: Path) -> None:
     assert any(w.startswith("lambada: alpha-large and zeta-small were evaluated with different task configs") for w in warnings)
 
 
-@pytest.mark.parametrize("fmt", formats.FORMATS)
+def test_the_offered_formats_are_the_rendered_ones() -> None:
+    assert set(FORMATS) == set(formats.RENDERERS)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_each_output_format(runs: Path, fmt: str, capsys) -> None:
     assert run_command(_args(str(runs), "--format", fmt, "--baseline", "zeta-small", "--metrics", "acc,exact_match")) == 0
     out = capsys.readouterr().out

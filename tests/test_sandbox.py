@@ -209,8 +209,10 @@ def test_the_guard_catches_what_it_should():
 
 
 def test_safe_loader_everywhere():
+    # Every module that reads YAML builds objects only through the safe constructor, and none names an unsafe one.
     uses = [p for p in (REPO / "icl_eval").rglob("*.py") if "yaml." in p.read_text()]
-    assert uses and all("yaml.safe_load" in p.read_text() for p in uses)
+    assert uses and all(("yaml.safe_load" in t or "SafeConstructor()" in t) for t in (p.read_text() for p in uses))
+    assert not any(re.search(r"yaml\.(unsafe_load|full_load|load\(|(Unsafe|Full)?Loader\b|CLoader|Constructor\()", p.read_text()) for p in uses)
 
 
 # --- hardening: leaks through links, names that leave --output, and expansion bombs ------------------------------

@@ -6,12 +6,19 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from icl_eval import metrics
-from icl_eval.compare import formats, load, plots, reference, report, table
-from icl_eval.compare.significance import Score, Significance, paired_bootstrap
+from icl_eval.compare import FORMATS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from icl_eval.compare.significance import Score, Significance
+    from icl_eval.compare.table import RowKey
+
+# pandas and matplotlib load inside the functions below: every `icl-eval run` builds this parser, and importing
+# them here was a tenth of its start-up.
 
 
 def _csv_list(text: str) -> list[str]:
@@ -28,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+", metavar="RESULTS", help="results.json files or directories searched recursively")
     parser.add_argument("--tasks", type=_csv_list, help="comma-separated tasks to keep")
     parser.add_argument("--metrics", type=_csv_list, help="comma-separated metrics to keep")
-    parser.add_argument("--format", choices=formats.FORMATS, default="md", help="table format on stdout (default: md)")
+    parser.add_argument("--format", choices=FORMATS, default="md", help="table format on stdout (default: md)")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG plots into DIR")
     parser.add_argument("--report", type=Path, metavar="FILE.html", help="write one self-contained HTML report")
     parser.add_argument("--baseline", metavar="MODEL", help="show differences to MODEL, with paired-bootstrap significance")
@@ -44,9 +51,14 @@ def collect_tests(
     score: Score | None = metrics.value,
     n_resamples: int = 1000,
     seed: int = 1234,
-    read_items: Callable[[Path, str, int], dict[str, dict] | None] = load.read_items,
-) -> dict[tuple[table.RowKey, str], Significance]:
-    """Paired-bootstrap every non-baseline cell against the baseline, reading each samples file once."""
+    read_items: Callable[[Path, str, int], dict[str, dict] | None] | None = None,
+) -> dict[tuple[RowKey, str], Significance]:
+    """Paired-bootstrap every non-baseline cell against the baseline, reading each samples file once
+    (`read_items` defaults to the run folders' sample logs)."""
+    from icl_eval.compare import load, table
+    from icl_eval.compare.significance import Significance, paired_bootstrap
+
+    read_items = read_items or load.read_items
     cache: dict[tuple[Path, str, int], dict[str, dict] | None] = {}
 
     def items(run_dir: Path, task: str, shots: int, metric: str) -> dict[str, object] | None:
@@ -59,7 +71,7 @@ def collect_tests(
         return {doc: m[metric] for doc, m in logged.items() if m.get(metric) is not None}
 
     base_rows = records[records["column"] == baseline].set_index(table.ROW_KEYS)["run_dir"]
-    tests: dict[tuple[table.RowKey, str], Significance] = {}
+    tests: dict[tuple[RowKey, str], Significance] = {}
     for rec in records[records["column"] != baseline].itertuples(index=False):
         row = (rec.task, rec.metric, rec.shots)
         if row not in base_rows.index:
@@ -76,6 +88,8 @@ def collect_tests(
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from icl_eval.compare import formats, load, plots, reference, report, table
+
     loaded = load.load(args.results)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)

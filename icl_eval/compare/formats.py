@@ -10,7 +10,6 @@ import pandas as pd
 
 from icl_eval.compare.table import MISSING, ROW_KEYS, Table, cell_texts, footnotes
 
-FORMATS = ("md", "csv", "html", "latex")
 # Best cells are wrapped in these before escaping, then swapped for the format's own emphasis,
 # so the emphasis markup itself is never escaped.
 _OPEN, _CLOSE = "\x00", "\x01"
