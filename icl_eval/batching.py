@@ -12,12 +12,39 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def plan_batches(lengths: Sequence[int], max_rows: int | None, token_budget: int | None) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_rows: int | None, token_budget: int | None, forward_cost: int | None = None) -> list[list[int]]:
     """Index batches over `lengths`, longest first: a batch's padded size (rows x its longest row) stays in budget.
 
-    Longest first so that an out-of-memory shows up on the first batch, not hours in.
+    Longest first so that an out-of-memory shows up on the first batch, not hours in. Without `forward_cost`
+    each batch is filled before the next starts. With it (what one forward costs beyond its tokens, in tokens:
+    measured on a CPU, `cpu_forward_cost`), the batches are cut where padded tokens plus `forward_cost` per
+    forward come out least, so a few long rows no longer pad a run of short ones to their width (zero-shot
+    PIQA's filled batches were 28% padding).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if forward_cost is None or token_budget is None or len(order) < 2:
+        return _filled_batches(order, lengths, max_rows, token_budget)
+    import numpy as np
+
+    widths = [lengths[i] for i in order]
+    n = len(order)
+    best = np.full(n + 1, np.inf)  # best[j]: least cost of the first j rows in batches
+    best[0] = 0.0
+    start = np.zeros(n + 1, dtype=np.int64)  # where the last batch of the first j rows starts
+    for i, width in enumerate(widths):  # a batch starting at row i is padded to widths[i], the longest
+        rows = min(n - i, max(1, token_budget // max(1, width)), max_rows or n)
+        cost = best[i] + forward_cost + width * np.arange(1, rows + 1)
+        better = cost < best[i + 1 : i + 1 + rows]
+        best[i + 1 : i + 1 + rows][better] = cost[better]
+        start[i + 1 : i + 1 + rows][better] = i
+    cuts, j = [], n
+    while j > 0:
+        cuts.append((int(start[j]), j))
+        j = int(start[j])
+    return [order[a:b] for a, b in reversed(cuts)]
+
+
+def _filled_batches(order: list[int], lengths: Sequence[int], max_rows: int | None, token_budget: int | None) -> list[list[int]]:
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
@@ -52,6 +79,7 @@ class BatchBudget:
     max_rows: int | None
     tokens: int | None
     floor: int  # tokens never shrink below one full-context row: the longest request must still fit
+    forward_cost: int | None = None  # one forward's cost beyond its tokens, in tokens (plan_batches); None: fill
     _configured: tuple[int | None, int | None] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -149,12 +177,63 @@ def cpu_token_budget(hidden: int, inner: int, store: Path | None = None) -> int:
     of a batch is padded to its longest). Measured once per shape, thread count and torch version (~0.2 s)
     and remembered in `store`; a store that cannot be read or written only costs the next run the probe.
     """
-    import json
-    import time
-
     import torch
 
-    key = f"cpu {hidden}x{inner} threads={torch.get_num_threads()} torch={torch.__version__}"
+    def measure() -> int:
+        weight = torch.randn(hidden, inner)
+        rate = {}
+        for tokens in _PROBE_TOKENS:
+            x = torch.randn(tokens, hidden)
+            rate[tokens] = tokens / max(_fastest(lambda: x @ weight), 1e-9)
+        top = max(rate.values())
+        return next(t for t in _PROBE_TOKENS if rate[t] >= _PROBE_SHARE * top)
+
+    return _remembered(store, f"cpu {hidden}x{inner} threads={torch.get_num_threads()} torch={torch.__version__}", measure)
+
+
+# Forward sizes timed by the forward-cost probe: small enough to be quick, far enough apart to fit a line.
+_COST_TOKENS = (32, 256)
+
+
+def cpu_forward_cost(forward: Callable[[int], object], model_key: str, store: Path | None = None, longest: int = 1 << 30) -> int:
+    """What one forward of the model costs on this CPU beyond its tokens, in tokens: `forward(n)` runs the
+    model on n tokens (at most `longest`, its context), timed at `_COST_TOKENS`, and a line t = fixed +
+    n x per-token through the two gives fixed / per-token (SmolLM2-135M at two threads: some 30 tokens, the
+    layers' launches and the weights' reads). plan_batches weighs padding against it. Measured once per model
+    (`model_key`), thread count and torch version (~1 s for a 135M model) and remembered in `store`, as the
+    token budget is."""
+    import torch
+
+    sizes = (min(_COST_TOKENS[0], max(1, longest // 8)), min(_COST_TOKENS[1], longest))
+
+    def measure() -> int:
+        if sizes[0] >= sizes[1]:
+            return 0
+        small, big = (_fastest(lambda n=n: forward(n)) for n in sizes)
+        per_token = max(big - small, 1e-9) / (sizes[1] - sizes[0])
+        return max(0, round(small / per_token - sizes[0]))
+
+    return _remembered(store, f"forward {model_key} threads={torch.get_num_threads()} torch={torch.__version__}", measure)
+
+
+def _fastest(run: Callable[[], object], repeats: int = 3) -> float:
+    """The least time of `repeats` calls of `run`, after one untimed call (allocation, kernel selection)."""
+    import time
+
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _remembered(store: Path | None, key: str, measure: Callable[[], int]) -> int:
+    """`measure()` once per `key`, kept in the JSON file `store` (None: not kept); an unreadable or unwritable
+    store only costs the next run the measurement."""
+    import json
+
     remembered: dict = {}
     if store is not None:
         try:
@@ -163,25 +242,13 @@ def cpu_token_budget(hidden: int, inner: int, store: Path | None = None) -> int:
                 return remembered[key]
         except (OSError, ValueError, AttributeError):
             remembered = {}
-    weight = torch.randn(hidden, inner)
-    rate = {}
-    for tokens in _PROBE_TOKENS:
-        x = torch.randn(tokens, hidden)
-        x @ weight  # first call: allocation and kernel selection
-        best = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            x @ weight
-            best = min(best, time.perf_counter() - start)
-        rate[tokens] = tokens / max(best, 1e-9)
-    top = max(rate.values())
-    budget = next(t for t in _PROBE_TOKENS if rate[t] >= _PROBE_SHARE * top)
+    value = measure()
     if store is not None and isinstance(remembered, dict):
         try:
             store.parent.mkdir(parents=True, exist_ok=True)
             tmp = store.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**remembered, key: budget}))
+            tmp.write_text(json.dumps({**remembered, key: value}))
             os.replace(tmp, store)
         except OSError:
             pass
-    return budget
+    return value

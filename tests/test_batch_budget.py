@@ -7,7 +7,7 @@ import json
 import pytest
 
 from icl_eval import batching
-from icl_eval.batching import BatchBudget, cpu_token_budget
+from icl_eval.batching import BatchBudget, cpu_forward_cost, cpu_token_budget, plan_batches
 from icl_eval.data import map_fields
 from icl_eval.errors import IclEvalError
 
@@ -36,6 +36,56 @@ def test_cpu_budget_survives_an_unreadable_store(tmp_path):
     store = tmp_path / "budget.json"
     store.write_text("{not json")
     assert cpu_token_budget(32, 64, store) in batching._PROBE_TOKENS
+
+
+def _padded(lengths, batches):
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_filled_batches_pad_short_rows_to_a_long_one():
+    lengths = [285] + [130] * 6
+    assert plan_batches(lengths, None, 2048) == [list(range(7))]  # 7 x 285 fits 2048: 825 tokens of padding
+
+
+def test_a_forward_cost_cuts_batches_where_padding_costs_more():
+    lengths = [285] + [130] * 6
+    assert plan_batches(lengths, None, 2048, forward_cost=30) == [[0], [1, 2, 3, 4, 5, 6]]
+    assert plan_batches(lengths, None, 2048, forward_cost=2000) == [list(range(7))]  # a forward dearer than the padding
+
+
+@pytest.mark.parametrize("max_rows,budget", [(None, 2048), (4, 2048), (None, 200), (3, None)])
+def test_planned_batches_partition_longest_first_within_budget(max_rows, budget):
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(300)]
+    for cost in (None, 0, 30):
+        batches = plan_batches(lengths, max_rows, budget, forward_cost=cost)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        flat = [lengths[i] for b in batches for i in b]
+        assert flat == sorted(flat, reverse=True)  # the longest (an OOM's likeliest) batch runs first
+        for b in batches:
+            assert max_rows is None or len(b) <= max_rows
+            assert budget is None or len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget
+        if cost is not None and budget is not None:
+            filled = plan_batches(lengths, max_rows, budget)
+            assert _padded(lengths, batches) + cost * len(batches) <= _padded(lengths, filled) + cost * len(filled)
+    if budget is not None:  # forwards cost nothing: no padding at all
+        assert _padded(lengths, plan_batches(lengths, max_rows, budget, forward_cost=0)) == sum(lengths)
+
+
+def test_forward_cost_is_the_fixed_time_over_the_time_per_token(tmp_path, monkeypatch):
+    fixed, per_token = 0.02, 0.0005  # seconds: a forward costs what 40 tokens cost
+    clock = [0.0]
+    monkeypatch.setattr("time.perf_counter", lambda: clock[0])
+
+    def forward(n):
+        clock[0] += fixed + n * per_token
+
+    store = tmp_path / "budget.json"
+    assert cpu_forward_cost(forward, "tiny 123", store) == 40
+    assert cpu_forward_cost(lambda n: pytest.fail("measured twice"), "tiny 123", store) == 40  # remembered
+    assert any(k.startswith("forward tiny 123 threads=") for k in json.loads(store.read_text()))
 
 
 def test_plain_field_names_map_as_the_expression_would():

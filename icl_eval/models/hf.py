@@ -155,6 +155,7 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         # transformers uses a ready 4D mask as it is, in sliding-window layers too (Gemma 3, Mistral): a packed
         # row is exact only while every key it lets a query see lies inside the window.
         self._attention_window = sliding_window(model.config)
+        self.budget.forward_cost = self._forward_cost() if batch_size == "auto" and self.device.type == "cpu" else None
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -253,6 +254,20 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
 
         inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
         return cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json")
+
+    def _forward_cost(self) -> int:
+        """One forward's cost beyond its tokens on this CPU, in tokens (batching.cpu_forward_cost): the batch
+        planner pads rows only where that saves a forward's worth."""
+        from icl_eval.batching import cpu_forward_cost
+        from icl_eval.models.fingerprint import store_path
+
+        @torch.no_grad()
+        def forward(n: int) -> None:
+            self.model(input_ids=torch.full((1, n), self.prefix_id or 0, device=self.device), logits_to_keep=1)
+
+        params = sum(p.numel() for p in self.model.parameters())
+        key = f"{type(self.model).__name__} {params} {str(self.dtype).removeprefix('torch.')}"
+        return cpu_forward_cost(forward, key, store_path().parent / "cpu-token-budget.json", self.max_length)
 
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""

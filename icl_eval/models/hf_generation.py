@@ -133,7 +133,7 @@ class GreedyGeneration:
         if not self._kv_cache().joinable:
             yield self._prefill(rows, prompts)
             return
-        for chunk in plan_batches([len(x) for x in prompts], self.budget.max_rows, self.budget.tokens):
+        for chunk in plan_batches([len(x) for x in prompts], self.budget.max_rows, self.budget.tokens, self.budget.forward_cost):
             yield self._prefill([rows[j] for j in chunk], [prompts[j] for j in chunk])
 
     def _decode_rows(self, longest: int) -> int:
