@@ -10,6 +10,7 @@ from icl_eval import batching
 from icl_eval.batching import BatchBudget, cpu_forward_cost, cpu_token_budget, plan_batches
 from icl_eval.data import map_fields
 from icl_eval.errors import IclEvalError
+from icl_eval.requests import LoglikelihoodRequest
 
 
 def test_oom_never_raises_a_budget_below_the_context_window():
@@ -93,3 +94,40 @@ def test_plain_field_names_map_as_the_expression_would():
     assert map_fields(docs, {"question": "q", "answers": "answers", "n": "answers | length"}, "t") == [{"question": "a?", "answers": ["x", "y"], "n": 2}]
     with pytest.raises(IclEvalError, match="example 0"):
         map_fields(docs, {"question": "missing"}, "t")
+
+
+def test_a_cpu_model_plans_with_its_measured_forward_cost(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    from conftest import make_hf_model
+
+    auto = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)
+    assert isinstance(auto.budget.forward_cost, int) and auto.budget.forward_cost >= 0
+    assert make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4).budget.forward_cost is None  # rows as given
+    calls = []
+    real = batching.plan_batches
+    monkeypatch.setattr("icl_eval.models.hf_scoring.plan_batches", lambda *a: calls.append(a) or real(*a))
+    auto.loglikelihood([LoglikelihoodRequest("a b c", " d"), LoglikelihoodRequest("e f g h i j", " k")])
+    assert calls and all(a[3] == auto.budget.forward_cost for a in calls)
+
+
+def test_a_model_that_refuses_the_probe_forward_keeps_filled_batches(gpt2_tokenizer, monkeypatch, tmp_path):
+    from conftest import make_hf_model
+
+    from icl_eval.models.tiny import tiny_gpt2
+
+    model = tiny_gpt2(len(gpt2_tokenizer), n_positions=64, seed=11)
+    real = model.forward
+
+    def old_forward(*args, **kwargs):
+        if "logits_to_keep" in kwargs:
+            raise TypeError("forward() got an unexpected keyword argument 'logits_to_keep'")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", old_forward)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing remembered
+    assert make_hf_model(model, gpt2_tokenizer).budget.forward_cost is None
+
+
+def test_a_cpu_budget_keeps_the_fixed_cost_of_a_forward_under_a_tenth():
+    assert batching.efficient_forward(256, 61) == 549  # Gemma 3 270M at two threads: 61 / (549 + 61) = 10%
+    assert batching.efficient_forward(2048, 34) == 2048  # SmolLM2: the matmul probe's budget is larger already
+    assert batching.efficient_forward(256, None) == 256

@@ -135,12 +135,6 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         self.tokens_forwarded = 0  # real (unpadded) tokens run through the model: benchmarks derive FLOPs from it
         self.max_length = max_length or self._context_window()
         self.batch_size = batch_size
-        # "auto": as many rows as a token budget from free memory allows; a number: that many rows at most.
-        self.budget = BatchBudget(
-            max_rows=None if batch_size == "auto" else int(batch_size),
-            tokens=self._auto_token_budget() if batch_size == "auto" else None,
-            floor=self.max_length,
-        )
         self.prefix_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # never attended to: any id works
         self.adds_bos = tokenizer_adds_bos(self.tokenizer)
@@ -155,7 +149,14 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         # transformers uses a ready 4D mask as it is, in sliding-window layers too (Gemma 3, Mistral): a packed
         # row is exact only while every key it lets a query see lies inside the window.
         self._attention_window = sliding_window(model.config)
-        self.budget.forward_cost = self._forward_cost() if batch_size == "auto" and self.device.type == "cpu" else None
+        # "auto": as many rows as a token budget from free memory allows; a number: that many rows at most.
+        forward_cost = self._forward_cost() if batch_size == "auto" and self.device.type == "cpu" else None
+        self.budget = BatchBudget(
+            max_rows=None if batch_size == "auto" else int(batch_size),
+            tokens=self._auto_token_budget(forward_cost) if batch_size == "auto" else None,
+            floor=self.max_length,
+            forward_cost=forward_cost,
+        )
 
     # --- loading -------------------------------------------------------------------------
     @classmethod
@@ -237,7 +238,7 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         return tok_max if isinstance(tok_max, int) and tok_max < 10**7 else 2048
 
-    def _auto_token_budget(self) -> int:
+    def _auto_token_budget(self, forward_cost: int | None = None) -> int:
         """Tokens per batch from free memory: a rough activation size per token, halved again on OOM."""
         cfg = self.model.config
         hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 1024)
@@ -249,15 +250,16 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         # On a CPU large batches buy little speed and cost memory and padding: the fewest tokens at which this
         # machine's matmuls at the model's shape are efficient, measured once (batching.cpu_token_budget). Not
         # floored at the context window: a longer row still runs, alone (plan_batches).
-        from icl_eval.batching import cpu_token_budget
+        from icl_eval.batching import cpu_token_budget, efficient_forward
         from icl_eval.models.fingerprint import store_path
 
         inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
-        return cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json")
+        return efficient_forward(cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json"), forward_cost)
 
-    def _forward_cost(self) -> int:
+    def _forward_cost(self) -> int | None:
         """One forward's cost beyond its tokens on this CPU, in tokens (batching.cpu_forward_cost): the batch
-        planner pads rows only where that saves a forward's worth."""
+        planner pads rows only where that saves a forward's worth. None (filled batches) for a model that
+        refuses the probe's forward (a remote-code model without `logits_to_keep`)."""
         from icl_eval.batching import cpu_forward_cost
         from icl_eval.models.fingerprint import store_path
 
@@ -267,7 +269,10 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
 
         params = sum(p.numel() for p in self.model.parameters())
         key = f"{type(self.model).__name__} {params} {str(self.dtype).removeprefix('torch.')}"
-        return cpu_forward_cost(forward, key, store_path().parent / "cpu-token-budget.json", self.max_length)
+        try:
+            return cpu_forward_cost(forward, key, store_path().parent / "cpu-token-budget.json", self.max_length)
+        except (TypeError, ValueError, RuntimeError):
+            return None
 
     def _head_matches_full_forward(self) -> bool:
         """Whether base model + output embeddings reproduce the full logits (no softcapping or scaling after)."""

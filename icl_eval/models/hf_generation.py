@@ -145,8 +145,8 @@ class GreedyGeneration:
         a 5-shot TriviaQA row at a time; a cache bounded by the weights keeps the memory a run adds small (a
         bound by free memory let 100 rows decode together: 3.0 GB peak against lm-eval's 1.5). An eighth, not
         a quarter: each step's concatenation, and each join, holds the old cache and the new one at once (a
-        quarter's 16 rows of 8-shot arithmetic on SmolLM2 added 500 MB to the peak, 8 rows 260 MB). Prefills
-        run within the budget (_prefills). Given rows (--batch-size N) stay as given.
+        quarter's 16 rows of 8-shot arithmetic on SmolLM2 added 500 MiB to the peak, an eighth's 10 rows
+        370 MiB). Prefills run within the budget (_prefills). Given rows (--batch-size N) stay as given.
         """
         rows = self.budget.rows_for(longest)
         if self.device.type != "cpu" or self.budget.max_rows is not None or self.budget.tokens is None:
