@@ -104,7 +104,7 @@ def test_a_cpu_model_plans_with_its_measured_forward_cost(tiny_gpt2_model, gpt2_
     assert make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=4).budget.forward_cost is None  # rows as given
     calls = []
     real = batching.plan_batches
-    monkeypatch.setattr("icl_eval.models.hf_scoring.plan_batches", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(batching, "plan_batches", lambda *a: calls.append(a) or real(*a))
     auto.loglikelihood([LoglikelihoodRequest("a b c", " d"), LoglikelihoodRequest("e f g h i j", " k")])
     assert calls and all(a[3] == auto.budget.forward_cost for a in calls)
 

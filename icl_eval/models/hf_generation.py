@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import torch
 
-from icl_eval.batching import plan_batches
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, OnResult, Progress
 
@@ -133,7 +132,7 @@ class GreedyGeneration:
         if not self._kv_cache().joinable:
             yield self._prefill(rows, prompts)
             return
-        for chunk in plan_batches([len(x) for x in prompts], self.budget.max_rows, self.budget.tokens, self.budget.forward_cost):
+        for chunk in self.budget.plan([len(x) for x in prompts]):
             yield self._prefill([rows[j] for j in chunk], [prompts[j] for j in chunk])
 
     def _decode_rows(self, longest: int) -> int:

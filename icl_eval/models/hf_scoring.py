@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from icl_eval.batching import group_shared_prefixes, plan_batches, run_splitting_on_oom
+from icl_eval.batching import group_shared_prefixes, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, OnResult, Progress, RollingRequest, RollingResult
 from icl_eval.rolling import count_bytes, count_words, rolling_windows
@@ -183,7 +183,7 @@ class LoglikelihoodScoring:
     # --- plain batches --------------------------------------------------------------------
     def _score_plain(self, indices: list[int], encoded: Sequence[Encoded] | dict[int, Encoded], lengths: Sequence[int] | dict[int, int], finish: Finish) -> None:
         """Length-sorted batches of whole rows; `encoded` and `lengths` are looked up by request index."""
-        for batch in plan_batches([lengths[i] for i in indices], self.budget.max_rows, self.budget.tokens, self.budget.forward_cost):
+        for batch in self.budget.plan([lengths[i] for i in indices]):
             batch = [indices[j] for j in batch]
             for done, scored in run_splitting_on_oom(batch, lambda b: self._score_batch([encoded[i] for i in b]), self.budget):
                 finish(done, scored)
@@ -272,7 +272,7 @@ class LoglikelihoodScoring:
             return
         # Each row's copy of the cache holds prefix + suffix positions: budget the batch on both.
         sizes = [n_prefix + len(rows[m].tokens) for m in alone]
-        for batch in plan_batches(sizes, self.budget.max_rows, self.budget.tokens, self.budget.forward_cost):
+        for batch in self.budget.plan(sizes):
             members = [rows[alone[j]] for j in batch]
             for done, scored in run_splitting_on_oom(members, lambda b: self._score_against_prefix(cache, n_prefix, b), self.budget):
                 finish([r.index for r in done], scored)
@@ -325,7 +325,7 @@ class LoglikelihoodScoring:
         """Packed rows in batches; after a cached prefix (fixed demonstrations) each batch reads one copy of it per
         packed row, that is per question, not per candidate."""
         sizes = [n_prefix + p.length for p in packs]
-        for batch in plan_batches(sizes, self.budget.max_rows, self.budget.tokens, self.budget.forward_cost):
+        for batch in self.budget.plan(sizes):
             run = lambda b: self._score_packed_batch(b, cache, n_prefix)  # noqa: E731
             for done, scored in run_splitting_on_oom([packs[j] for j in batch], run, self.budget):
                 finish([r.index for p in done for r in p.rows], [s for group in scored for s in group])
