@@ -33,6 +33,13 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _cpu_measurements() -> Path:
+    """Where the CPU's batch measurements (token budget, forward cost) are remembered, beside the digests."""
+    from icl_eval.models.fingerprint import store_path
+
+    return store_path().parent / "cpu-token-budget.json"
+
+
 def _check_checkpoint_folder(path: str, folder: Path) -> None:
     """A local --model folder: readable, and a checkpoint rather than a folder of them."""
     if not os.access(folder, os.R_OK | os.X_OK):
@@ -251,26 +258,23 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         # machine's matmuls at the model's shape are efficient, measured once (batching.cpu_token_budget). Not
         # floored at the context window: a longer row still runs, alone (plan_batches).
         from icl_eval.batching import cpu_token_budget, efficient_forward
-        from icl_eval.models.fingerprint import store_path
 
         inner = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * hidden
-        return efficient_forward(cpu_token_budget(hidden, inner, store_path().parent / "cpu-token-budget.json"), forward_cost)
+        return efficient_forward(cpu_token_budget(hidden, inner, _cpu_measurements()), forward_cost)
 
     def _forward_cost(self) -> int | None:
         """One forward's cost beyond its tokens on this CPU, in tokens (batching.cpu_forward_cost): the batch
         planner pads rows only where that saves a forward's worth. None (filled batches) for a model that
         refuses the probe's forward (a remote-code model without `logits_to_keep`)."""
         from icl_eval.batching import cpu_forward_cost
-        from icl_eval.models.fingerprint import store_path
 
         @torch.no_grad()
         def forward(n: int) -> None:
             self.model(input_ids=torch.full((1, n), self.prefix_id or 0, device=self.device), logits_to_keep=1)
 
-        params = sum(p.numel() for p in self.model.parameters())
-        key = f"{type(self.model).__name__} {params} {str(self.dtype).removeprefix('torch.')}"
+        key = f"{type(self.model).__name__} {self.num_parameters} {str(self.dtype).removeprefix('torch.')}"
         try:
-            return cpu_forward_cost(forward, key, store_path().parent / "cpu-token-budget.json", self.max_length)
+            return cpu_forward_cost(forward, key, _cpu_measurements(), self.max_length)
         except (TypeError, ValueError, RuntimeError):
             return None
 
