@@ -222,18 +222,14 @@ def _parse_literals(docs: list[Doc], src: DataSource, path: Path) -> None:
                     raise IclEvalError(f"{path}: example {i}, field '{name}': not a Python literal ({doc[name][:60]!r})") from None
 
 
-def map_fields(docs: list[Doc], mapping: dict[str, str], where: str) -> list[Doc]:
-    """Each document becomes {field: expression over the raw record}; no mapping keeps documents as they are.
+class MappedDocs(Sequence):
+    """Each document as {field: expression over the raw record} (a task's data.fields or hub_fields), mapped
+    when first read: a --limit run of a 10,000-example task maps the examples it renders, not all of them
+    (mapping all of HellaSwag's was half a second of start-up). A record that does not map raises when it is
+    read, naming its index. Pickles and compares as the plain list.
 
     Besides the record's fields, an expression may call the answer-choosing functions of icl_eval.answers
     (`canonical_alias(answers)`, `first_clean_answer(answers)`); a record field of the same name wins."""
-    return list(MappedDocs(docs, mapping, where)) if mapping else docs
-
-
-class MappedDocs(Sequence):
-    """map_fields' documents, each mapped when first read: a --limit run of a 10,000-example task maps the
-    examples it renders, not all of them (mapping all of HellaSwag's was half a second of start-up). A record
-    that does not map raises when it is read, naming its index. Pickles and compares as the plain list."""
 
     def __init__(self, docs: list[Doc], mapping: dict[str, str], where: str):
         from icl_eval.prompts import compile_expression

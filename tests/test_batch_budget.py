@@ -8,7 +8,7 @@ import pytest
 
 from icl_eval import batching
 from icl_eval.batching import BatchBudget, cpu_forward_cost, cpu_token_budget, plan_batches
-from icl_eval.data import map_fields
+from icl_eval.data import MappedDocs
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import LoglikelihoodRequest
 
@@ -91,9 +91,19 @@ def test_forward_cost_is_the_fixed_time_over_the_time_per_token(tmp_path, monkey
 
 def test_plain_field_names_map_as_the_expression_would():
     docs = [{"q": "a?", "answers": ["x", "y"]}]
-    assert map_fields(docs, {"question": "q", "answers": "answers", "n": "answers | length"}, "t") == [{"question": "a?", "answers": ["x", "y"], "n": 2}]
+    assert list(MappedDocs(docs, {"question": "q", "answers": "answers", "n": "answers | length"}, "t")) == [{"question": "a?", "answers": ["x", "y"], "n": 2}]
     with pytest.raises(IclEvalError, match="example 0"):
-        map_fields(docs, {"question": "missing"}, "t")
+        MappedDocs(docs, {"question": "missing"}, "t")
+
+
+def test_documents_are_mapped_when_read_and_a_bad_record_names_its_index():
+    import pickle
+
+    docs = MappedDocs([{"q": "a"}, {"q": "b"}, {"x": "no q"}], {"question": "q ~ '?'"}, "t")
+    assert len(docs) == 3 and docs[1] == {"question": "b?"} and docs[:2] == [{"question": "a?"}, {"question": "b?"}]
+    with pytest.raises(IclEvalError, match=r"t\.question: example 2: .*the record's fields are: x"):
+        docs[-1]
+    assert pickle.loads(pickle.dumps(MappedDocs([{"q": "a"}], {"question": "q"}, "t"))) == [{"question": "a"}]
 
 
 def test_a_cpu_model_plans_with_its_measured_forward_cost(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
