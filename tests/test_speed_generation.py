@@ -62,6 +62,14 @@ def with_small_budget(model, tokenizer):
     return hf
 
 
+def texts_each_reported_once(hf, reqs) -> list[str]:
+    """The generated texts, after checking that on_result reported every request exactly once (and the same result)."""
+    reported = {}
+    outs = hf.generate(reqs, on_result=lambda i, r: reported.setdefault(i, []).append(r))
+    assert sorted(reported) == list(range(len(reqs))) and all(v == [outs[i]] for i, v in reported.items())
+    return [o.text for o in outs]
+
+
 def test_rows_leave_and_join_the_batch(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
     hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size=3)
     shapes = recorded_shapes(hf, monkeypatch)
@@ -116,10 +124,7 @@ def test_oom_in_a_later_prefill_requeues_each_row_once(tiny_gpt2_model, gpt2_tok
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hf.model, "forward", flaky)
-    reported = {}
-    outs = hf.generate(reqs, on_result=lambda i, r: reported.setdefault(i, []).append(r))
-    assert [o.text for o in outs] == expected
-    assert sorted(reported) == list(range(len(reqs))) and all(len(v) == 1 for v in reported.values())
+    assert texts_each_reported_once(hf, reqs) == expected
 
 
 def test_oom_during_generation_keeps_finished_rows(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
@@ -136,8 +141,5 @@ def test_oom_during_generation_keeps_finished_rows(tiny_gpt2_model, gpt2_tokeniz
         return real(*args, **kwargs)
 
     monkeypatch.setattr(hf.model, "forward", flaky)
-    reported = {}
-    outs = hf.generate(reqs, on_result=lambda i, r: reported.setdefault(i, []).append(r))
-    assert [o.text for o in outs] == expected
-    assert all(len(v) == 1 for v in reported.values()) and len(reported) == len(reqs)  # each reported once
+    assert texts_each_reported_once(hf, reqs) == expected
     assert hf.max_rows <= 2
