@@ -47,27 +47,31 @@ def counting_prefixes(hf):
     return seen
 
 
-def forwarding_limit(hf, reqs) -> int:
-    """Every needed token once: each distinct shareable prefix (a trie node) plus each row's scored inputs."""
-    nodes, scored = set(), 0
+def forwarding_limits(hf, reqs) -> tuple[int, int]:
+    """The least any scheme forwards (every distinct input prefix, a trie node, once) and what sharing only the
+    tokens before the first scored position costs (each row's scored inputs then forwarded apart)."""
+    nodes, shareable, scored = set(), set(), 0
     for r in reqs:
         e = hf.encode_pair(r.context, r.continuation)
         x = hf._model_input(e)
-        nodes.update(tuple(x[: j + 1]) for j in range(len(x) - len(e.continuation)))
+        nodes.update(tuple(x[: j + 1]) for j in range(len(x)))
+        shareable.update(tuple(x[: j + 1]) for j in range(len(x) - len(e.continuation)))
         scored += len(e.continuation)
-    return len(nodes) + scored
+    return len(nodes), len(shareable) + scored
 
 
 def assert_forwarded_once(hf, reqs) -> None:
     """Shared prefixes cost one forward: the trie minimum, give or take what the design allows.
 
-    A common run shorter than `min_shared_prefix` is not worth its own forward pass, so siblings may each
-    forward up to min_shared_prefix - 1 such tokens (how many depends on the tokenizer's merges). Forwarding a
-    context once per candidate would cost whole contexts again, far beyond that slack.
+    Packed questions lay their candidates out as a trie and reach the minimum; the KV-cache path shares
+    only what precedes the first scored position. A common run shorter than `min_shared_prefix` is not worth
+    its own forward pass, so siblings may each forward up to min_shared_prefix - 1 such tokens (how many
+    depends on the tokenizer's merges). Forwarding a context once per candidate would cost whole contexts
+    again, far beyond that slack.
     """
-    limit = forwarding_limit(hf, reqs)
+    least, unpacked = forwarding_limits(hf, reqs)
     slack = (hf.min_shared_prefix - 1) * len({r.context for r in reqs})
-    assert limit <= hf.tokens_forwarded <= limit + slack
+    assert least <= hf.tokens_forwarded <= unpacked + slack
 
 
 def assert_same(a, b):
@@ -115,12 +119,34 @@ def test_packed_mask_keeps_candidates_apart(gpt2_tokenizer, tiny_gpt2_model):
 
     hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)
     pack = Pack([5, 6], [Row(0, [7, 8], [8]), Row(1, [9], [9])])
-    ids, positions, segments, spans = hf._packed_inputs([pack, Pack([5], [Row(2, [6], [6])])])
+    ids, positions, visible, spans = hf._packed_inputs([pack, Pack([5], [Row(2, [6], [6])])])
     assert ids[0].tolist() == [5, 6, 7, 8, 9] and positions[0].tolist() == [0, 1, 2, 3, 2]
-    assert segments[1].tolist() == [0, 1, -1, -1, -1] and spans[1].start == 4
-    visible = hf._packed_mask(segments)[:, 0] == 0
+    assert ids[1, :2].tolist() == [5, 6] and list(spans[1].columns) == [4] and list(spans[2].columns) == [1]
     assert visible[0, 4].tolist() == [True, True, False, False, True]  # the second candidate skips the first
     assert visible[1].any(-1).all()  # padding sees something: no NaN rows
+    assert (hf._packed_mask(visible)[:, 0] == 0).equal(visible)
+
+
+def test_candidates_opening_alike_share_their_first_tokens_in_a_packed_row(gpt2_tokenizer, tiny_gpt2_model, monkeypatch):
+    from icl_eval.models import hf_scoring
+    from icl_eval.models.hf_scoring import Encoded, Pack, Row
+
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer)
+    # context 5 6, then the continuations 7 | 8 9 1 and 7 | 8 4 2 (the same first target, 8) and 3 | 1
+    pack = Pack([5, 6], [Row(0, [7, 8, 9], [8, 9, 1]), Row(1, [7, 8, 4], [8, 4, 2]), Row(2, [3], [1])])
+    ids, positions, visible, spans = hf._packed_inputs([pack])
+    assert pack.length == 7 and ids[0].tolist() == [5, 6, 7, 8, 9, 4, 3]
+    assert positions[0].tolist() == [0, 1, 2, 3, 4, 4, 2]
+    assert visible[0, 5].tolist() == [True, True, True, True, False, True, False]  # 4 sees 7 8, not its sibling 9
+    assert [list(s.columns) for s in spans] == [[2, 3, 4], [2, 3, 5], [6]]
+    scored = []
+    real = hf_scoring.score_targets
+    monkeypatch.setattr(hf_scoring, "score_targets", lambda *a: scored.append(len(a[2])) or real(*a))
+    packed = hf._score_packed_batch([pack])[0]
+    assert scored == [6]  # 7 targets, the shared (position of 7, target 8) once
+    plain = hf._score_batch([Encoded([5, 6, 7], [8, 9, 1]), Encoded([5, 6, 7], [8, 4, 2]), Encoded([5, 6, 3], [1])])
+    for x, y in zip(packed, plain, strict=True):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-5) and (x.greedy, x.finite) == (y.greedy, y.finite)
 
 
 def tiny_gemma3(vocab_size: int, sliding_window: int):

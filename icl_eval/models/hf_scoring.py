@@ -12,12 +12,16 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from icl_eval.batching import group_shared_prefixes, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
+from icl_eval.models.head import CPU_POSITIONS, CPU_SLICE, score_targets
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, OnResult, Progress, RollingRequest, RollingResult
 from icl_eval.rolling import count_bytes, count_words, rolling_windows
 
@@ -39,22 +43,61 @@ class Row(NamedTuple):
 
 
 class Span(NamedTuple):
-    """Where one row's targets sit in a forward pass: batch row, first predicting position, target tokens."""
+    """Where one row's targets sit in a forward pass: batch row, the position predicting each target, targets."""
 
     row: int
-    start: int
+    columns: Sequence[int]
     targets: list[int]
 
 
-class Pack(NamedTuple):
-    """One question packed into one row: its shared context once, then each candidate's remaining tokens."""
+def tail_span(row: int, length: int, targets: list[int]) -> Span:
+    """A row of `length` inputs whose last len(targets) positions predict the targets."""
+    return Span(row, range(length - len(targets), length), targets)
+
+
+class Trie(NamedTuple):
+    """Candidates laid out as a token trie: shared leading tokens once, each node after its parent."""
+
+    tokens: list[int]
+    parents: list[int]  # each node's parent node, -1 for a candidate's first token
+    paths: list[list[int]]  # per candidate, the node of each of its tokens
+
+
+def token_trie(sequences: Sequence[Sequence[int]]) -> Trie:
+    tokens: list[int] = []
+    parents: list[int] = []
+    paths: list[list[int]] = []
+    child: dict[tuple[int, int], int] = {}
+    for seq in sequences:
+        node, path = -1, []
+        for t in seq:
+            nxt = child.get((node, t))
+            if nxt is None:
+                nxt = child[(node, t)] = len(tokens)
+                tokens.append(t)
+                parents.append(node)
+            node = nxt
+            path.append(node)
+        paths.append(path)
+    return Trie(tokens, parents, paths)
+
+
+@dataclass(frozen=True)
+class Pack:
+    """One question packed into one row: its shared context once, then its candidates' remaining tokens as a
+    trie, so tokens that several candidates open with (PIQA's near-identical solutions) are forwarded and
+    scored once too."""
 
     prefix: list[int]
     rows: list[Row]  # tokens after the prefix
 
+    @cached_property
+    def trie(self) -> Trie:
+        return token_trie([r.tokens for r in self.rows])
+
     @property
     def length(self) -> int:
-        return len(self.prefix) + sum(len(r.tokens) for r in self.rows)
+        return len(self.prefix) + len(self.trie.tokens)
 
 
 def sliding_window(config: Any) -> int | None:
@@ -70,11 +113,8 @@ def sliding_window(config: Any) -> int | None:
 class Scored(NamedTuple):
     logprob: float  # summed over the targets
     greedy: bool  # every target was the argmax
-    finite: bool  # no NaN or inf in the log-probs at the target positions
+    finite: bool  # every target's log-prob is finite (no NaN or +inf in the logits at its position)
 
-
-# Scored positions x vocabulary entries whose log-probs exist at once (64 MiB of float32).
-_VOCAB_SLICE = 1 << 24
 
 # (request indices, their scores) as each batch finishes
 Finish = Callable[[list[int], list[Scored]], None]
@@ -194,7 +234,7 @@ class LoglikelihoodScoring:
         inputs = [self._model_input(r) for r in rows]
         ids = self._right_padded(inputs)
         self.tokens_forwarded += sum(len(x) for x in inputs)
-        spans = [Span(b, len(x) - len(r.continuation), r.continuation) for b, (x, r) in enumerate(zip(inputs, rows))]
+        spans = [tail_span(b, len(x), r.continuation) for b, (x, r) in enumerate(zip(inputs, rows))]
         # No attention mask (see _right_padded): attention takes its fused causal path.
         return self._score_positions(dict(input_ids=ids.to(self.device)), spans)
 
@@ -207,41 +247,35 @@ class LoglikelihoodScoring:
         return ids
 
     def _score_positions(self, forward_kwargs: dict, spans: list[Span]) -> list[Scored]:
-        """Run the model and score only the positions the spans name."""
-        row_idx, pos_idx, targets = [], [], []
-        for span in spans:
-            row_idx += [span.row] * len(span.targets)
-            pos_idx += range(span.start, span.start + len(span.targets))
-            targets += span.targets
-        row_t = torch.tensor(row_idx, device=self.device)
-        pos_t = torch.tensor(pos_idx, device=self.device)
-        target_t = torch.tensor(targets, device=self.device)
+        """Run the model and score only the positions the spans name; a (position, target) pair that several
+        spans name (candidates opening with the same tokens, packed as a trie) is scored once."""
+        entry: dict[tuple[int, int, int], int] = {}  # (row, column, target) -> scored entry
+        owner, picks = [], []  # per span target: its span, its entry
+        for k, span in enumerate(spans):
+            for c, t in zip(span.columns, span.targets):
+                picks.append(entry.setdefault((span.row, c, t), len(entry)))
+                owner.append(k)
+        row_t, pos_t, target_t = (torch.tensor(v, dtype=torch.long, device=self.device) for v in (zip(*entry) if entry else ((), (), ())))
+        vocab, vocab_slice, positions = self._vocab_size, None, None  # None: whole-vocabulary logits in 64 MiB blocks
         if self._split_head:
             hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state[row_t, pos_t]
-            project = self.model.get_output_embeddings()
+            head = self.model.get_output_embeddings()
+            if isinstance(head, torch.nn.Linear):
+                weight, bias, vocab = head.weight, head.bias, head.weight.shape[0]
+                logits_of = lambda h, a, b: F.linear(h, weight[a:b], None if bias is None else bias[a:b])  # noqa: E731
+                if self.device.type == "cpu":  # each slice of the head's weight read once for all positions
+                    vocab_slice, positions = CPU_SLICE, CPU_POSITIONS
+            else:
+                logits_of = lambda h, a, b: head(h)[:, a:b]  # noqa: E731
         else:
-            hidden, project = self.model(**forward_kwargs).logits[row_t, pos_t], lambda x: x
+            hidden = self.model(**forward_kwargs).logits[row_t, pos_t]
+            logits_of, vocab = (lambda h, a, b: h[:, a:b]), hidden.shape[-1]
         del forward_kwargs
-        # Full-vocabulary log-probs for every scored position at once were the peak of a zero-shot run (four
-        # [positions, vocab] float tensors for long multiple-choice endings): score them in slices instead.
-        step = max(1, _VOCAB_SLICE // max(1, self._vocab_size))
-        lp_parts, greedy_parts, finite_parts = [], [], []
-        for at in range(0, len(targets), step):
-            logprobs = torch.log_softmax(project(hidden[at : at + step]).float(), dim=-1)
-            t = target_t[at : at + step]
-            lp_parts.append(logprobs.gather(1, t[:, None])[:, 0])
-            greedy_parts.append(logprobs.argmax(-1) == t)
-            # NaN or inf anywhere makes the row's sum non-finite: one reduction instead of isfinite's passes.
-            # (logit - logsumexp would be faster still, but rounds differently from log_softmax, lm-eval's op.)
-            finite_parts.append(torch.isfinite(logprobs.sum(-1)))
-            del logprobs
-        token_lp, greedy, finite = torch.cat(lp_parts), torch.cat(greedy_parts), torch.cat(finite_parts)
-        out, start = [], 0
-        for span in spans:
-            end = start + len(span.targets)
-            out.append(Scored(token_lp[start:end].sum().item(), bool(greedy[start:end].all()), bool(finite[start:end].all())))
-            start = end
-        return out
+        token_lp, greedy, finite = score_targets(logits_of, hidden, target_t, vocab, vocab_slice, positions)
+        picks_t, owner_t = torch.tensor(picks, dtype=torch.long, device=self.device), torch.tensor(owner, dtype=torch.long, device=self.device)
+        per_span = lambda x: torch.zeros(len(spans), dtype=x.dtype, device=x.device).index_add_(0, owner_t, x[picks_t]).tolist()  # noqa: E731
+        sums, misses, bad = per_span(token_lp), per_span((~greedy).int()), per_span((~finite).int())
+        return [Scored(lp, miss == 0, b == 0) for lp, miss, b in zip(sums, misses, bad)]
 
     # --- shared prefixes ------------------------------------------------------------------
     def _score_sharing(self, cache, n_prefix: int, rows: list[Row], finish: Finish) -> None:
@@ -304,7 +338,7 @@ class LoglikelihoodScoring:
         kwargs = dict(
             input_ids=ids.to(self.device), position_ids=positions.to(self.device), use_cache=True, **{self._cache_arg: cache},
         )
-        spans = [Span(b, len(r.tokens) - len(r.continuation), r.continuation) for b, r in enumerate(rows)]
+        spans = [tail_span(b, len(r.tokens), r.continuation) for b, r in enumerate(rows)]
         return self._score_positions(kwargs, spans)
 
     # --- packed rows: one question per row, no cache ----------------------------------------
@@ -333,10 +367,10 @@ class LoglikelihoodScoring:
     @torch.no_grad()
     def _score_packed_batch(self, packs: list[Pack], cache=None, n_prefix: int = 0) -> list[list[Scored]]:
         """Packed rows, right-padded, in one forward: a 4D mask lets each candidate see the context and its own
-        earlier tokens only, and its positions restart after the context, so it scores as if forwarded alone."""
-        ids, positions, segments, spans = self._packed_inputs(packs)
+        earlier tokens only, and its positions continue from the context, so it scores as if forwarded alone."""
+        ids, positions, visible, spans = self._packed_inputs(packs)
         self.tokens_forwarded += sum(p.length for p in packs)
-        mask = self._packed_mask(segments.to(self.device))
+        mask = self._packed_mask(visible.to(self.device))
         kwargs = dict(input_ids=ids.to(self.device), position_ids=(positions + n_prefix).to(self.device))
         if cache is not None:
             cache = copy.deepcopy(cache)  # the prefix stays reusable for the next batch
@@ -352,35 +386,37 @@ class LoglikelihoodScoring:
         return out
 
     def _packed_inputs(self, packs: list[Pack]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Span]]:
-        """Token ids, positions and segments (0: the context, k: the k-th candidate, -1: padding) per packed row."""
+        """Token ids, positions, which keys each query sees ([batch, query, key]) and the spans, per packed row:
+        the context, then the candidates' trie, whose nodes see the context and their ancestors only and whose
+        positions continue their parent's. Padding sees the context and itself, never nothing: an all-masked
+        row would turn to NaN and spread through the values."""
         width = max(p.length for p in packs)
-        ids = torch.full((len(packs), width), self.pad_id, dtype=torch.long)
-        positions = torch.zeros((len(packs), width), dtype=torch.long)
-        segments = torch.full((len(packs), width), -1, dtype=torch.long)
+        ids = np.full((len(packs), width), self.pad_id, dtype=np.int64)
+        positions = np.zeros((len(packs), width), dtype=np.int64)
+        visible = np.zeros((len(packs), width, width), dtype=bool)
         spans = []
         for b, p in enumerate(packs):
-            n = len(p.prefix)
-            ids[b, :n] = torch.tensor(p.prefix, dtype=torch.long)
-            positions[b, :n] = torch.arange(n)
-            segments[b, :n] = 0
-            at = n
-            for k, r in enumerate(p.rows, start=1):
-                m = len(r.tokens)
-                ids[b, at : at + m] = torch.tensor(r.tokens, dtype=torch.long)
-                positions[b, at : at + m] = torch.arange(n, n + m)
-                segments[b, at : at + m] = k
-                spans.append(Span(b, at + m - len(r.continuation), r.continuation))
-                at += m
-        return ids, positions, segments, spans
+            n, trie = len(p.prefix), p.trie
+            ids[b, :n], positions[b, :n] = p.prefix, np.arange(n)
+            visible[b, :n, :n] = np.tri(n, dtype=bool)
+            for j, (token, parent) in enumerate(zip(trie.tokens, trie.parents)):
+                col = n + j
+                ids[b, col] = token
+                if parent < 0:
+                    positions[b, col], visible[b, col, :n] = n, True
+                else:
+                    positions[b, col], visible[b, col] = positions[b, n + parent] + 1, visible[b, n + parent]
+                visible[b, col, col] = True
+            end = n + len(trie.tokens)
+            visible[b, end:, :n] = True
+            visible[b, range(end, width), range(end, width)] = True
+            for r, path in zip(p.rows, trie.paths):
+                spans.append(Span(b, [n + j for j in path[len(path) - len(r.continuation) :]], r.continuation))
+        return torch.from_numpy(ids), torch.from_numpy(positions), torch.from_numpy(visible), spans
 
-    def _packed_mask(self, segments: torch.Tensor) -> torch.Tensor:
-        """Additive [batch, 1, query, key] mask: a query sees earlier keys of the context or of its own segment.
-        Padding (-1) sees the context and other padding, never nothing: an all-masked row would turn to NaN and
-        spread through the values."""
-        width = segments.shape[1]
-        causal = torch.ones(width, width, dtype=torch.bool, device=segments.device).tril()
-        visible = causal & ((segments[:, None, :] == 0) | (segments[:, :, None] == segments[:, None, :]))
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=segments.device)
+    def _packed_mask(self, visible: torch.Tensor) -> torch.Tensor:
+        """The additive [batch, 1, query, key] mask of a boolean [batch, query, key] visibility."""
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=visible.device)
         return mask.masked_fill_(~visible, torch.finfo(self.dtype).min)[:, None]
 
     def _packing_matches_plain(self) -> bool:
@@ -390,8 +426,8 @@ class LoglikelihoodScoring:
         pack = Pack(prefix, [Row(k, t, t[-2:]) for k, t in enumerate(tails)])
         try:
             with torch.no_grad():
-                ids, positions, segments, _ = self._packed_inputs([pack])
-                kwargs = dict(input_ids=ids.to(self.device), position_ids=positions.to(self.device), attention_mask=self._packed_mask(segments.to(self.device)))
+                ids, positions, visible, _ = self._packed_inputs([pack])
+                kwargs = dict(input_ids=ids.to(self.device), position_ids=positions.to(self.device), attention_mask=self._packed_mask(visible.to(self.device)))
                 packed = self.model(**kwargs).logits[0].float()
                 plain = self.model(input_ids=self._right_padded([prefix + t for t in tails]).to(self.device)).logits.float()
         except Exception:  # an architecture that refuses a 4D mask or position_ids
