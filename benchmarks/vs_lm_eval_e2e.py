@@ -203,6 +203,7 @@ def agreement(exported: dict[str, dict], icl_out: Path, lm_out: Path) -> dict:
         task = f.name.removeprefix("samples_").rsplit("_", 1)[0]
         theirs_by_file[task] = {json.loads(x)["doc"]["doc_id"]: json.loads(x) for x in f.read_text().splitlines()}
     diff, compared, same_pick, same_greedy, same_text, n = 0.0, 0, 0, 0, 0, 0
+    worst = None  # the scored string the two differ most on: (context, continuation, icl-eval's, lm-eval's)
     for name, ex in exported.items():
         theirs = theirs_by_file.get(ex["lm_task"], {})
         for doc in ex["docs"]:
@@ -218,20 +219,41 @@ def agreement(exported: dict[str, dict], icl_out: Path, lm_out: Path) -> dict:
             greedy = [c["is_greedy"] for c in a["candidates"]] if "candidates" in a else [a.get("is_greedy")]
             their = [float(r[0][0]) for r in b["resps"]]
             their_greedy = [str(r[0][1]) == "True" for r in b["resps"]]  # lm-eval logs its tuples as strings
-            diff = max([diff] + [abs(x - y) for x, y in zip(lls, their)])
+            continuations = doc["choices"] if "choices" in doc else [doc["target"]]
+            for c, x, y in zip(continuations, lls, their):
+                if abs(x - y) >= diff:
+                    diff, worst = abs(x - y), (doc["context"], c, x, y)
             compared += len(lls)
             same_greedy += sum(x == y for x, y in zip(greedy, their_greedy)) == len(lls)
             if ex["kind"] == "mc":
                 same_pick += max(range(len(lls)), key=lls.__getitem__) == max(range(len(their)), key=their.__getitem__)
     kinds = {ex["kind"] for ex in exported.values()}
-    info = {"examples_compared": n}
+    info: dict = {"examples_compared": n}
     if kinds - {"gen"}:
-        info.update(max_abs_diff=diff, scored_strings=compared, same_is_greedy=same_greedy)
+        info.update(max_abs_diff=diff, scored_strings=compared, same_is_greedy=same_greedy, worst=worst)
     if "mc" in kinds:
         info["same_picks"] = same_pick
     if "gen" in kinds:
         info["same_generations"] = same_text
     return info
+
+
+def exactness(model_folder: str, worst: tuple[str, str, float, float]) -> dict[str, float]:
+    """Each harness's distance, on the string they differ most on, from the log-likelihood that the same
+    float32 logits give under a float64 log-softmax (one whole-row forward): which of the two is off."""
+    import torch
+
+    from icl_eval.models.hf import HFModel
+
+    context, continuation, ours, theirs = worst
+    hf = HFModel.load(model_folder, device="cpu", dtype="float32", batch_size=1)
+    e = hf.encode_pair(context, continuation)
+    x = hf._model_input(e)
+    with torch.no_grad():
+        logprobs = hf.model(input_ids=torch.tensor([x])).logits[0].double().log_softmax(-1)
+    start = len(x) - len(e.continuation)
+    exact = sum(logprobs[start + j, t].item() for j, t in enumerate(e.continuation))
+    return {"worst_tokens": len(e.continuation), "icl_eval_minus_float64": ours - exact, "lm_eval_minus_float64": theirs - exact}
 
 
 def matmul_gflops(hidden: int, inter: int, vocab: int, tokens: int = 512, repeats: int = 5) -> dict[str, float]:
@@ -344,6 +366,10 @@ def main(argv: list[str]) -> None:
             "all_s": {k: [round(m.seconds, 2) for m in v] for k, v in times.items()},
             **agreement(exported, times["icl"][-1].out_dir, times["lm"][-1].out_dir),
         }
+        if row.get("worst"):
+            row.update(exactness(args.model, row.pop("worst")))
+        else:
+            row.pop("worst", None)
         scoring = scoring_stats(times["icl"])
         if scoring:
             row.update(scoring)
@@ -360,7 +386,8 @@ def main(argv: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         agree = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                          if k in ("examples_compared", "max_abs_diff", "scored_strings", "same_is_greedy", "same_picks", "same_generations"))
+                          if k in ("examples_compared", "max_abs_diff", "scored_strings", "same_is_greedy", "same_picks", "same_generations",
+                                   "worst_tokens", "icl_eval_minus_float64", "lm_eval_minus_float64"))
         frac = f"{r['matmul_fraction']:.0%} ({r['matmul_fraction_without_embedding']:.0%})" if "matmul_fraction" in r else ""
         print(f"| {r['workload']} | {r['lm_eval_s']:.1f} | {r['icl_eval_s']:.1f} | {r['ratio']:.2f}x | {r['cpu_ratio']:.2f}x | {r['lm_eval_peak_mib']:.0f} / {r['icl_eval_peak_mib']:.0f} | {agree} | {frac} |")
     print(f"\nwhole measurement: {time.perf_counter() - t_all:.0f} s")
