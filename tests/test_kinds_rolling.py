@@ -49,7 +49,7 @@ def _plain_sum(ckpt: Path, text: str) -> tuple[float, int]:
         while start < len(ids):
             end = min(start + window, len(ids))
             read = stream[max(0, end - window) : end]  # the tokens before each scored token, at most `window`
-            logits = model(torch.tensor([read])).logits[0].log_softmax(-1)
+            logits = model(torch.tensor([read])).logits[0].double().log_softmax(-1)  # exact over the float32 logits
             scored = ids[start:end]
             first = len(read) - len(scored)
             total += sum(logits[first + j, t].item() for j, t in enumerate(scored))

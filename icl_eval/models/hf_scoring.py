@@ -274,7 +274,8 @@ class LoglikelihoodScoring:
         token_lp, greedy, finite = score_targets(logits_of, hidden, target_t, vocab, vocab_slice, positions)
         picks_t, owner_t = torch.tensor(picks, dtype=torch.long, device=self.device), torch.tensor(owner, dtype=torch.long, device=self.device)
         per_span = lambda x: torch.zeros(len(spans), dtype=x.dtype, device=x.device).index_add_(0, owner_t, x[picks_t]).tolist()  # noqa: E731
-        sums, misses, bad = per_span(token_lp), per_span((~greedy).int()), per_span((~finite).int())
+        # float64 sums: a float32 total of a few hundred tokens (a rolling window) rounds at ~1e-4
+        sums, misses, bad = per_span(token_lp.double()), per_span((~greedy).int()), per_span((~finite).int())
         return [Scored(lp, miss == 0, b == 0) for lp, miss, b in zip(sums, misses, bad)]
 
     # --- shared prefixes ------------------------------------------------------------------
