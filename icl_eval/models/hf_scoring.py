@@ -344,8 +344,9 @@ class LoglikelihoodScoring:
 
     # --- packed rows: one question per row, no cache ----------------------------------------
     def _packable(self, pack: Pack, n_prefix: int) -> bool:
-        """A group whose rows share nothing further (one question's candidates) and that fits one context window:
-        packing it forwards exactly what the cache path would, in one row. Deeper tries (fixed demonstrations,
+        """A group whose rows share nothing further before their scored tokens (one question's candidates) and that
+        fits one context window: packing it forwards what the cache path would, in one row, or less where
+        candidates open with the same tokens (the trie). Deeper tries (fixed demonstrations,
         then each question) keep the cache path, which forwards every trie node once. With sliding-window
         layers the packed mask (which has no window) is exact only if no candidate reaches past the window."""
         if pack.length > self.max_length:
