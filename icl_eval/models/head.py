@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 # Logits held at once: positions x slice entries (64 MiB of float32).
 _MAX_LOGITS = 1 << 24
@@ -22,6 +23,22 @@ _MAX_LOGITS = 1 << 24
 CPU_SLICE, CPU_POSITIONS = 2048, 1024
 
 
+LogitsOf = Callable[[torch.Tensor, int, int], torch.Tensor]  # (rows, start, end) -> logits of entries start..end-1
+
+
+def head_slices(head: torch.nn.Module) -> LogitsOf:
+    """An output head's logits for a vocabulary slice: a linear layer multiplies by that slice of its weight
+    only; any other head computes the whole vocabulary and is sliced."""
+    if isinstance(head, torch.nn.Linear):
+        return lambda h, a, b: F.linear(h, head.weight[a:b], None if head.bias is None else head.bias[a:b])
+    return lambda h, a, b: head(h)[:, a:b]
+
+
+def logit_slices(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """The slice of logits already computed (a model whose head cannot run apart from its forward)."""
+    return logits[:, start:end]
+
+
 class TargetScores(NamedTuple):
     logprob: torch.Tensor  # [positions] log p(target), float32
     greedy: torch.Tensor  # [positions] the target is the (first) argmax
@@ -29,7 +46,7 @@ class TargetScores(NamedTuple):
 
 
 def score_targets(
-    logits_of: Callable[[torch.Tensor, int, int], torch.Tensor],
+    logits_of: LogitsOf,
     hidden: torch.Tensor,
     targets: torch.Tensor,
     vocab_size: int,

@@ -17,11 +17,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from icl_eval.batching import group_shared_prefixes, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
-from icl_eval.models.head import CPU_POSITIONS, CPU_SLICE, score_targets
+from icl_eval.models.head import CPU_POSITIONS, CPU_SLICE, head_slices, logit_slices, score_targets
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, OnResult, Progress, RollingRequest, RollingResult
 from icl_eval.rolling import count_bytes, count_words, rolling_windows
 
@@ -255,23 +254,19 @@ class LoglikelihoodScoring:
             for c, t in zip(span.columns, span.targets):
                 picks.append(entry.setdefault((span.row, c, t), len(entry)))
                 owner.append(k)
-        row_t, pos_t, target_t = (torch.tensor(v, dtype=torch.long, device=self.device) for v in (zip(*entry) if entry else ((), (), ())))
-        vocab, vocab_slice, positions = self._vocab_size, None, None  # None: whole-vocabulary logits in 64 MiB blocks
+        rows, columns, targets = zip(*entry) if entry else ((), (), ())
+        row_t, pos_t, target_t = (torch.tensor(v, dtype=torch.long, device=self.device) for v in (rows, columns, targets))
         if self._split_head:
             hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state[row_t, pos_t]
             head = self.model.get_output_embeddings()
-            if isinstance(head, torch.nn.Linear):
-                weight, bias, vocab = head.weight, head.bias, head.weight.shape[0]
-                logits_of = lambda h, a, b: F.linear(h, weight[a:b], None if bias is None else bias[a:b])  # noqa: E731
-                if self.device.type == "cpu":  # each slice of the head's weight read once for all positions
-                    vocab_slice, positions = CPU_SLICE, CPU_POSITIONS
-            else:
-                logits_of = lambda h, a, b: head(h)[:, a:b]  # noqa: E731
+            logits_of, vocab = head_slices(head), self._vocab_size
+            # On a CPU each slice of a linear head's weight is read once for all positions (models/head.py).
+            blocks = (CPU_SLICE, CPU_POSITIONS) if isinstance(head, torch.nn.Linear) and self.device.type == "cpu" else ()
         else:
             hidden = self.model(**forward_kwargs).logits[row_t, pos_t]
-            logits_of, vocab = (lambda h, a, b: h[:, a:b]), hidden.shape[-1]
+            logits_of, vocab, blocks = logit_slices, hidden.shape[-1], ()
         del forward_kwargs
-        token_lp, greedy, finite = score_targets(logits_of, hidden, target_t, vocab, vocab_slice, positions)
+        token_lp, greedy, finite = score_targets(logits_of, hidden, target_t, vocab, *blocks)
         picks_t, owner_t = torch.tensor(picks, dtype=torch.long, device=self.device), torch.tensor(owner, dtype=torch.long, device=self.device)
         per_span = lambda x: torch.zeros(len(spans), dtype=x.dtype, device=x.device).index_add_(0, owner_t, x[picks_t]).tolist()  # noqa: E731
         # float64 sums: a float32 total of a few hundred tokens (a rolling window) rounds at ~1e-4
