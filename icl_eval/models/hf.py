@@ -272,7 +272,7 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         def forward(n: int) -> None:
             self.model(input_ids=torch.full((1, n), self.prefix_id or 0, device=self.device), logits_to_keep=1)
 
-        key = f"{type(self.model).__name__} {self.num_parameters} {str(self.dtype).removeprefix('torch.')}"
+        key = f"{type(self.model).__name__} {self.num_parameters} {self.dtype_name}"
         try:
             return cpu_forward_cost(forward, key, _cpu_measurements(), self.max_length)
         except (TypeError, ValueError, RuntimeError):
@@ -302,10 +302,15 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as results.json names it ("float32"), also part of the forward-cost key."""
+        return str(self.dtype).removeprefix("torch.")
+
     def describe(self) -> dict[str, Any]:
         """The results' model block."""
         return {
-            "name": self.name, "path": self.path, "num_parameters": self.num_parameters, "dtype": str(self.dtype).removeprefix("torch."),
+            "name": self.name, "path": self.path, "num_parameters": self.num_parameters, "dtype": self.dtype_name,
             "device": str(self.device), "fingerprint": self.fingerprint(), "max_length": self.max_length,
             **({"gguf": self.gguf} if self.gguf else {}),  # file, sha256, quantisation types
         }
