@@ -1,7 +1,5 @@
 """`python -m icl_eval` (and `accelerate launch -m icl_eval`) runs the CLI."""
 
-import sys
+from icl_eval.cli import entry
 
-from icl_eval.cli import main
-
-sys.exit(main())
+entry()

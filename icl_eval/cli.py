@@ -436,5 +436,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `icl-eval` command and `python -m icl_eval`: main(), then an exit without the interpreter's teardown.
+
+    Once main() returns every result is on disk; what an ordinary exit still does is unload torch's and
+    transformers' thousands of modules, about a second on a CPU (measured: 1.06 s after importing both, 0.15 s
+    with os._exit), on every run. atexit handlers and buffered output still run first. A process with work in
+    flight (a non-daemon thread, a torch.distributed group) exits the ordinary way.
+    """
+    code = main()
+    import atexit
+    import threading
+
+    dist = sys.modules.get("torch.distributed")
+    busy = any(not t.daemon for t in threading.enumerate() if t is not threading.main_thread())
+    if busy or (dist is not None and dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`icl-eval ... | head`): nothing more can reach it
+            pass
+    os._exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -137,3 +137,42 @@ def test_several_shot_counts_load_model_and_data_once(tiny_checkpoint, tmp_path,
     monkeypatch.setattr(HFModel, "load", classmethod(counting_load))
     assert main(["run", "--model", str(tiny_checkpoint), "--tasks", "arithmetic_2ds", "--shots", "0,1,2,3", "--limit", "3", "--output", str(tmp_path)]) == 0
     assert calls == {"data": 1, "model": 1}
+
+
+# A child that runs the command's entry point after planting three witnesses: an atexit handler, an object whose
+# finaliser runs only when the interpreter tears its modules down, and (with a thread) a non-daemon thread's write.
+ENTRY_CHILD = """
+import atexit, os, sys, threading, time
+from pathlib import Path
+class Witness:
+    def __del__(self):
+        os.write(1, b"teardown ran\\n")  # not print(): sys.stdout may be gone by then
+witness = Witness()
+atexit.register(lambda: print("atexit ran", flush=True))
+mode, marker = sys.argv[1], Path(sys.argv[2])
+def finish_after_main():  # still running when main() returns, however long that takes
+    while threading.main_thread().is_alive():
+        time.sleep(0.01)
+    marker.write_text("done")
+if mode == "thread":
+    threading.Thread(target=finish_after_main).start()
+sys.argv = ["icl-eval", "tasks", "--no-such-flag"]
+from icl_eval.cli import entry
+print("before", flush=True)
+entry()
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_the_command_skips_the_interpreter_teardown_but_not_atexit_or_work_in_flight(tmp_path, mode):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "written"
+    proc = subprocess.run([sys.executable, "-c", ENTRY_CHILD, mode, str(marker)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr  # main()'s exit code for a usage error survives the quick exit
+    assert "icl-eval: error:" in proc.stderr and "atexit ran" in proc.stdout
+    if mode == "plain":
+        assert "teardown ran" not in proc.stdout  # modules were not unloaded one by one
+    else:  # a non-daemon thread still running: the ordinary exit, which waits for it
+        assert marker.read_text() == "done" and "teardown ran" in proc.stdout

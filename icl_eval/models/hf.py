@@ -178,7 +178,9 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         trust_remote_code: bool = False,
         device_map: str | None = None,
     ) -> HFModel:
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from icl_eval.models.tokenizer_cache import load_tokenizer
 
         dev = _device(device)  # first: a typo in --device should cost no file access
         from icl_eval.models.gguf import find_gguf_file, converted_checkpoint
@@ -205,7 +207,7 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
         else:
             raise IclEvalError(f"--dtype {dtype}: choose auto, {', '.join(DTYPES)}")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         except Exception as e:
             raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
         if len(tokenizer) <= 1 or not tokenizer("a", add_special_tokens=False).input_ids:  # transformers builds an empty one when files are missing
