@@ -41,12 +41,30 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> Any:
     # Remote code can change between runs without a file here changing; a hub id has no folder to key on.
     key = None if trust_remote_code or not Path(path).is_dir() else _key(Path(path))
     if key is not None and (kept := _read(key)) is not None:
+        _return_freed_heap()
         return kept
     began = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if key is not None and time.perf_counter() - began > SLOW_LOAD_S:
         _write(key, tokenizer)
+    _return_freed_heap()
     return tokenizer
+
+
+def _return_freed_heap() -> None:
+    """Hand the heap a tokenizer build freed back to the OS (glibc keeps it otherwise).
+
+    Building or unpickling Gemma's tokenizer passes through ~300 MB of short-lived Python objects. glibc keeps the
+    freed heap, and torch's big tensors come from mmap and never reuse it, so it would stay in the run's resident
+    peak (measured: 934 MB resident after unpickling, 659 MB after malloc_trim). Not glibc: nothing to do.
+    """
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _key(folder: Path) -> str:
