@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,6 +17,9 @@ import torch
 
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, OnResult, Progress
+
+
+SLIDING = "DynamicSlidingWindowLayer"  # transformers' sliding-window cache layer
 
 
 class Prompt(NamedTuple):
@@ -41,7 +45,8 @@ class Running:
 
 
 class KVCacheFacts(NamedTuple):
-    joinable: bool  # plain per-layer key/value tensors: running batches can be joined (not sliding windows)
+    joinable: bool  # per-layer key/value tensors, plain or sliding-window: running batches can be joined
+    window: int | None  # the narrowest sliding window (None: no sliding layers); joins stay below it
     bytes_per_token: int  # keys and values of all layers for one token
 
 
@@ -97,7 +102,7 @@ class GreedyGeneration:
         try:
             while pending or batch:
                 free = capacity - (len(batch.rows) if batch else 0)
-                if pending and (batch is None or (free >= max(1, capacity // 4) and self._kv_cache().joinable)):
+                if pending and (batch is None or (free >= max(1, capacity // 4) and self._can_join(batch, pending, free, prompts))):
                     joining = [pending.popleft() for _ in range(min(free, len(pending)))]
                     for i in joining:
                         decoders[i] = _StopDecoder(self.tokenizer, requests[i].until, requests[i].max_new_tokens)
@@ -125,11 +130,22 @@ class GreedyGeneration:
             pending.extendleft(reversed((batch.rows if batch else []) + joining))
             raise
 
+    def _can_join(self, batch: Running, pending: deque, free: int, prompts: list[Prompt]) -> bool:
+        """Whether the next `free` waiting rows can join the running batch: a cache of plain layers always can;
+        sliding-window layers (Gemma 3's 512 tokens) can while the joined batch stays narrower than the window,
+        as then they hold every token, exactly as a plain layer would."""
+        widest = max(len(prompts[i].tokens) for i in islice(pending, free))
+        return self._joins_at(max(batch.mask.shape[1], widest)) and _keeps_every_token(batch.cache)
+
+    def _joins_at(self, width: int) -> bool:
+        kv = self._kv_cache()
+        return kv.joinable and (kv.window is None or width < kv.window)
+
     def _prefills(self, rows: list[int], prompts: list[list[int]]) -> Iterator[Running]:
         """The joining rows prefilled in forwards within the batch budget, as the decode batch holds more rows
-        than one efficient forward (a step forwards one token per row). A cache that cannot be joined
-        (sliding-window or other non-plain layers) is prefilled in one forward."""
-        if not self._kv_cache().joinable:
+        than one efficient forward (a step forwards one token per row). A cache that cannot be joined (layers of
+        other kinds, or prompts as wide as a sliding window) is prefilled in one forward."""
+        if not self._joins_at(max(len(x) for x in prompts)):
             yield self._prefill(rows, prompts)
             return
         for chunk in self.budget.plan([len(x) for x in prompts]):
@@ -161,8 +177,10 @@ class GreedyGeneration:
         if getattr(self, "_kv_facts", None) is None:
             ids = torch.tensor([[self.prefix_id or 0]], device=self.device)
             cache = self._cache_of(self.model(input_ids=ids, use_cache=True, logits_to_keep=1))
-            tensors = [t for layer in getattr(cache, "layers", None) or [] for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
-            self._kv_facts = KVCacheFacts(_plain_layers(cache), sum(t.nbytes for t in tensors if t is not None))
+            layers = getattr(cache, "layers", None) or []
+            tensors = [t for layer in layers for t in (getattr(layer, "keys", None), getattr(layer, "values", None))]
+            windows = [layer.sliding_window for layer in layers if type(layer).__name__ == SLIDING]
+            self._kv_facts = KVCacheFacts(_keeps_every_token(cache), min(windows, default=None), sum(t.nbytes for t in tensors if t is not None))
         return self._kv_facts
 
     def _prefill(self, rows: list[int], prompts: list[list[int]]) -> Running:
@@ -187,10 +205,21 @@ class GreedyGeneration:
         return Running([batch.rows[k] for k in keep], cache, mask, batch.last_pos[keep_t], batch.next_tokens[keep_t])
 
 
-def _plain_layers(cache) -> bool:
-    """Joining a running batch needs plain per-layer key/value tensors (no sliding windows or quantized caches)."""
+def _keeps_every_token(cache) -> bool:
+    """Whether each layer holds one plain key/value tensor of every token so far: the dynamic layers, and
+    sliding-window ones that have dropped nothing yet. Only such a cache can be joined or trimmed by slicing
+    (a quantized or offloaded cache cannot)."""
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None for layer in layers)
+
+    def whole(layer) -> bool:
+        if getattr(layer, "keys", None) is None:
+            return False
+        kind = type(layer).__name__
+        if kind == SLIDING:
+            return not layer.record_past and layer.cumulative_length == layer.keys.shape[-2]
+        return kind == "DynamicLayer"
+
+    return bool(layers) and all(whole(layer) for layer in layers)
 
 
 def _joined(batch: Running, other: Running) -> Running:
@@ -212,6 +241,8 @@ def _joined(batch: Running, other: Running) -> Running:
     for layer, new in zip(batch.cache.layers, other.cache.layers):
         layer.keys = stacked(layer.keys, new.keys, 2)
         layer.values = stacked(layer.values, new.values, 2)
+        if type(layer).__name__ == SLIDING:  # what a prefill of this width would have counted
+            layer.cumulative_length = width
     return Running(
         batch.rows + other.rows, batch.cache, stacked(batch.mask, other.mask, 1),
         torch.cat([batch.last_pos, other.last_pos]), torch.cat([batch.next_tokens, other.next_tokens]),
@@ -221,10 +252,12 @@ def _joined(batch: Running, other: Running) -> Running:
 def _trim_left_padding(cache, mask: torch.Tensor):
     """Drop leading columns that no remaining row attends to, so a long-running batch does not keep growing."""
     first = int(mask.any(0).nonzero()[0]) if mask.any() else 0
-    if first == 0 or not _plain_layers(cache):
+    if first == 0 or not _keeps_every_token(cache):
         return cache, mask
     for layer in cache.layers:
         layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        if type(layer).__name__ == SLIDING:
+            layer.cumulative_length -= first
     return cache, mask[:, first:]
 
 
