@@ -4,8 +4,8 @@
         [--workloads hellaswag0,piqa0,...] [--lm-batch-size 32] [--lm-eval /tmp/venv-lead/bin/python]
 
 What a user meets: each measurement is one fresh process (import, load, checks, task loading, scoring,
-writing results), timed by wall clock, with the peak resident set of that process alone (os.wait4's
-ru_maxrss). icl-eval runs at its defaults (`--batch-size auto`); lm-eval runs its `hf` model with
+writing results), timed by wall clock, with the peak resident set of that process alone (its VmHWM at
+exit, written by the launcher). icl-eval runs at its defaults (`--batch-size auto`); lm-eval runs its `hf` model with
 `--batch_size` (--lm-batch-size). Both see the same documents and the same prompt strings: the script builds
 icl-eval's prompts for the seeded --limit subset (evaluator.build_prompt, as `icl-eval run` does) and writes
 them as a JSON-lines dataset with an lm-eval task YAML that reads them verbatim (context as doc_to_text,
@@ -39,7 +39,14 @@ SHARED = Path(os.environ.get("ICL_EVAL_SHARED", REPO.parent / "shared"))
 # those packages first (icl_eval/media_packages.py). The launcher does nothing else.
 # icl-eval as `python -m icl_eval`, plus one line at exit with the tokens its model forwarded (the matmul-limit
 # figure needs them; the product does not record them): HFModel's counter, read through a constructor hook.
-ICL_LAUNCHER = (
+# Both launchers write their process's peak resident set (VmHWM) at exit. ru_maxrss from wait4 is not it: a
+# child that subprocess starts (vfork, then exec) counts this process's high-water mark as its own, so every
+# child's peak read at least as high as this process's ever was (its model load, its float64 check).
+PEAK_PROBE = (
+    "import atexit, os\n"
+    "atexit.register(lambda: open(os.environ['E2E_PEAK_FILE'], 'w').write(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))))\n"
+)
+ICL_LAUNCHER = PEAK_PROBE + (
     "import atexit, json, os, runpy, sys; from icl_eval.models import hf\n"
     "made = []; init = hf.HFModel.__init__\n"
     "def hooked(self, *a, **k):\n    init(self, *a, **k); made.append(self)\n"
@@ -47,7 +54,7 @@ ICL_LAUNCHER = (
     "atexit.register(lambda: open(os.environ['E2E_TOKENS_FILE'], 'w').write(json.dumps(sum(m.tokens_forwarded for m in made))))\n"
     "sys.argv = ['icl-eval'] + sys.argv[1:]; runpy.run_module('icl_eval', run_name='__main__')"
 )
-LM_EVAL_LAUNCHER = "import sys, icl_eval; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; sys.exit(cli_evaluate())"
+LM_EVAL_LAUNCHER = PEAK_PROBE + "import sys, icl_eval; from lm_eval.__main__ import cli_evaluate; sys.argv[0] = 'lm_eval'; sys.exit(cli_evaluate())"
 
 
 @dataclass(frozen=True)
@@ -100,15 +107,17 @@ class Measured:
 
 
 def run_process(cmd: list[str], env: dict, out_dir: Path, log: Path) -> Measured:
-    """Wall clock and this process's own peak RSS (wait4: not the max over every child so far)."""
+    """Wall clock, CPU time (wait4) and the process's own peak RSS (the launcher's VmHWM, see PEAK_PROBE)."""
+    peak_file = out_dir / "peak-kb.txt"
     start = time.perf_counter()
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT, cwd=str(out_dir))
+        proc = subprocess.Popen(cmd, env=dict(env, E2E_PEAK_FILE=str(peak_file)), stdout=err, stderr=subprocess.STDOUT, cwd=str(out_dir))
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     tail = log.read_text(errors="replace")[-1500:] if proc.returncode else ""
-    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, proc.returncode, out_dir, tail)
+    peak_kb = int(peak_file.read_text()) if peak_file.exists() else usage.ru_maxrss  # no file: it died before its atexit
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, peak_kb / 1024, proc.returncode, out_dir, tail)
 
 
 def lm_eval_yaml(task: str, data_file: Path, kind: str, gen: dict | None) -> str:
@@ -239,6 +248,15 @@ def agreement(exported: dict[str, dict], icl_out: Path, lm_out: Path) -> dict:
 
 
 def exactness(model_folder: str, worst: tuple[str, str, float, float]) -> dict[str, float]:
+    """exactness_here() in a child process. Not in this one: a child started by subprocess begins with this
+    process's high-water resident set as its own ru_maxrss (vfork, then exec), so loading Gemma 3 and its
+    float64 logits here (2.5 GB) set a floor under every peak measured after it."""
+    code = "import json, sys; sys.path.insert(0, sys.argv[1]); from vs_lm_eval_e2e import exactness_here; print(json.dumps(exactness_here(sys.argv[2], json.loads(sys.stdin.read()))))"
+    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), model_folder], input=json.dumps(worst), capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def exactness_here(model_folder: str, worst: tuple[str, str, float, float]) -> dict[str, float]:
     """Each harness's distance, on the string they differ most on, from the log-likelihood that the same
     float32 logits give under a float64 log-softmax (one whole-row forward): which of the two is off."""
     import torch
