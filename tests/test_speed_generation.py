@@ -113,8 +113,9 @@ def test_a_sliding_window_cache_joins_only_while_it_holds_every_token(gpt2_token
     prefills = [(rows, width) for rows, width in shapes if width > 1]  # before the references add theirs
     assert hf._kv_cache().joinable and hf._kv_cache().window == window
     assert [o.text for o in outs] == [make_hf_model(model, gpt2_tokenizer, batch_size=1).generate([r])[0].text for r in reqs]
-    if window == 8:
-        assert prefills == [(3, 9), (3, 11)]  # each group of three in one forward (over the budget), none joined
+    if window == 8:  # a prompt as wide as the window comes in a whole group, in one forward over the budget
+        wide = [rows for rows, width in prefills if width >= window]
+        assert wide and set(wide) <= {3, len(reqs) % 3}
     else:
         assert len(prefills) > len(reqs) // 3 and any(rows < 3 for rows, _ in prefills)  # rows joined one by one
         assert all(rows * width <= 16 or rows == 1 for rows, width in prefills)
