@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import os
@@ -445,7 +446,10 @@ def entry() -> None:
     flight (a non-daemon thread, a torch.distributed group) or under a profiler or tracer (`python -m cProfile`
     writes its file after the module returns) exits the ordinary way.
     """
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `icl-eval tasks | head`: the reader left; say nothing more to it
+        code = _reader_left()
     import atexit
     import threading
 
@@ -455,12 +459,21 @@ def entry() -> None:
     if busy or watched or (dist is not None and dist.is_available() and dist.is_initialized()):
         sys.exit(code)
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe (`icl-eval ... | head`): nothing more can reach it
-            pass
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _reader_left()
+    except (OSError, ValueError):
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 0)
+
+
+def _reader_left() -> int:
+    """Exit status 1 when stdout's reader has gone, with what is still buffered sent nowhere (no traceback)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 1
 
 
 if __name__ == "__main__":

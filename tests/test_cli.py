@@ -176,3 +176,18 @@ def test_the_command_skips_the_interpreter_teardown_but_not_atexit_or_work_in_fl
         assert "teardown ran" not in proc.stdout  # modules were not unloaded one by one
     else:  # a non-daemon thread still running: the ordinary exit, which waits for it
         assert marker.read_text() == "done" and "teardown ran" in proc.stdout
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    # `icl-eval tasks | head -1`, made certain: the reading end is closed before the command writes a byte.
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "icl_eval", "tasks"], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
