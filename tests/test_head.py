@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from icl_eval.models.head import head_slices, logit_slices, score_targets
+from icl_eval.models.head import CPU_POSITIONS, CPU_SLICE, head_slices, logit_slices, score_targets
 
 
 def reference(logits: torch.Tensor, targets: torch.Tensor):
@@ -22,10 +22,10 @@ def test_sliced_scores_equal_a_full_log_softmax_for_every_slice_and_block_size()
     want_lp, want_greedy = reference(logits, targets)
     assert want_greedy.sum() >= 5
     # A linear head computes only each slice's rows; any other head (here wrapped) the whole vocabulary.
-    for logits_of in (head_slices(head), head_slices(torch.nn.Sequential(head))):
+    for slicing in (head_slices(head), head_slices(torch.nn.Sequential(head))):
         for vocab_slice, positions in [(None, None), (1003, 7), (100, None), (64, 1), (1, 37), (2048, 4)]:
             with torch.no_grad():
-                got = score_targets(logits_of, hidden, targets, 1003, vocab_slice, positions)
+                got = score_targets(slicing.logits_of, hidden, targets, 1003, vocab_slice, positions)
             torch.testing.assert_close(got.logprob, want_lp, atol=1e-5, rtol=1e-5)
             assert torch.equal(got.greedy, want_greedy), (vocab_slice, positions)
             assert got.finite.all()
@@ -53,3 +53,9 @@ def test_nan_or_positive_inf_anywhere_in_a_row_makes_its_score_not_finite():
 def test_no_positions_give_empty_scores():
     got = score_targets(logit_slices, torch.zeros(0, 8), torch.zeros(0, dtype=torch.long), 8, 3)
     assert got.logprob.shape == got.greedy.shape == (0,)
+
+
+def test_only_a_linear_head_on_a_cpu_is_read_in_cpu_sized_slices():
+    head = torch.nn.Linear(4, 10)
+    assert head_slices(head, on_cpu=True)[1:] == (CPU_SLICE, CPU_POSITIONS)
+    assert head_slices(head)[1:] == head_slices(torch.nn.Sequential(head), on_cpu=True)[1:] == (None, None)

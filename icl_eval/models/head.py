@@ -26,12 +26,22 @@ CPU_SLICE, CPU_POSITIONS = 2048, 1024
 LogitsOf = Callable[[torch.Tensor, int, int], torch.Tensor]  # (rows, start, end) -> logits of entries start..end-1
 
 
-def head_slices(head: torch.nn.Module) -> LogitsOf:
-    """An output head's logits for a vocabulary slice: a linear layer multiplies by that slice of its weight
-    only; any other head computes the whole vocabulary and is sliced."""
+class Slicing(NamedTuple):
+    """How score_targets reads a head: its logits for a vocabulary slice, and the slice and block sizes."""
+
+    logits_of: LogitsOf
+    vocab_slice: int | None = None  # None: the whole vocabulary at once
+    positions: int | None = None  # None: as many positions as 64 MiB of logits hold
+
+
+def head_slices(head: torch.nn.Module, on_cpu: bool = False) -> Slicing:
+    """An output head read a vocabulary slice at a time: a linear layer multiplies by that slice of its weight
+    only and, on a CPU, reads each slice once for all positions (CPU_SLICE x CPU_POSITIONS); any other head
+    computes the whole vocabulary and is sliced."""
     if isinstance(head, torch.nn.Linear):
-        return lambda h, a, b: F.linear(h, head.weight[a:b], None if head.bias is None else head.bias[a:b])
-    return lambda h, a, b: head(h)[:, a:b]
+        of = lambda h, a, b: F.linear(h, head.weight[a:b], None if head.bias is None else head.bias[a:b])  # noqa: E731
+        return Slicing(of, CPU_SLICE, CPU_POSITIONS) if on_cpu else Slicing(of)
+    return Slicing(lambda h, a, b: head(h)[:, a:b])
 
 
 def logit_slices(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:

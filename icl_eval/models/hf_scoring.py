@@ -20,7 +20,7 @@ import torch
 
 from icl_eval.batching import group_shared_prefixes, run_splitting_on_oom
 from icl_eval.errors import IclEvalError
-from icl_eval.models.head import CPU_POSITIONS, CPU_SLICE, head_slices, logit_slices, score_targets
+from icl_eval.models.head import Slicing, head_slices, logit_slices, score_targets
 from icl_eval.requests import LoglikelihoodRequest, LoglikelihoodResult, OnResult, Progress, RollingRequest, RollingResult
 from icl_eval.rolling import count_bytes, count_words, rolling_windows
 
@@ -258,15 +258,12 @@ class LoglikelihoodScoring:
         row_t, pos_t, target_t = (torch.tensor(v, dtype=torch.long, device=self.device) for v in (rows, columns, targets))
         if self._split_head:
             hidden = self.model.get_decoder()(**forward_kwargs).last_hidden_state[row_t, pos_t]
-            head = self.model.get_output_embeddings()
-            logits_of, vocab = head_slices(head), self._vocab_size
-            # On a CPU each slice of a linear head's weight is read once for all positions (models/head.py).
-            blocks = (CPU_SLICE, CPU_POSITIONS) if isinstance(head, torch.nn.Linear) and self.device.type == "cpu" else ()
+            slicing, vocab = head_slices(self.model.get_output_embeddings(), self.device.type == "cpu"), self._vocab_size
         else:
             hidden = self.model(**forward_kwargs).logits[row_t, pos_t]
-            logits_of, vocab, blocks = logit_slices, hidden.shape[-1], ()
+            slicing, vocab = Slicing(logit_slices), hidden.shape[-1]
         del forward_kwargs
-        token_lp, greedy, finite = score_targets(logits_of, hidden, target_t, vocab, *blocks)
+        token_lp, greedy, finite = score_targets(slicing.logits_of, hidden, target_t, vocab, slicing.vocab_slice, slicing.positions)
         picks_t, owner_t = torch.tensor(picks, dtype=torch.long, device=self.device), torch.tensor(owner, dtype=torch.long, device=self.device)
         per_span = lambda x: torch.zeros(len(spans), dtype=x.dtype, device=x.device).index_add_(0, owner_t, x[picks_t]).tolist()  # noqa: E731
         # float64 sums: a float32 total of a few hundred tokens (a rolling window) rounds at ~1e-4
