@@ -41,7 +41,8 @@ SHARED = Path(os.environ.get("ICL_EVAL_SHARED", REPO.parent / "shared"))
 # figure needs them; the product does not record them): HFModel's counter, read through a constructor hook.
 # Both launchers write their process's peak resident set (VmHWM) at exit. ru_maxrss from wait4 is not it: a
 # child that subprocess starts (vfork, then exec) counts this process's high-water mark as its own, so every
-# child's peak read at least as high as this process's ever was (its model load, its float64 check).
+# child's peak read at least as high as this process's ever was (its model load, its float64 check). With
+# VmHWM, what this process holds no longer counts.
 PEAK_PROBE = (
     "import atexit, os\n"
     "atexit.register(lambda: open(os.environ['E2E_PEAK_FILE'], 'w').write(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM'))))\n"
@@ -248,15 +249,6 @@ def agreement(exported: dict[str, dict], icl_out: Path, lm_out: Path) -> dict:
 
 
 def exactness(model_folder: str, worst: tuple[str, str, float, float]) -> dict[str, float]:
-    """exactness_here() in a child process. Not in this one: a child started by subprocess begins with this
-    process's high-water resident set as its own ru_maxrss (vfork, then exec), so loading Gemma 3 and its
-    float64 logits here (2.5 GB) set a floor under every peak measured after it."""
-    code = "import json, sys; sys.path.insert(0, sys.argv[1]); from vs_lm_eval_e2e import exactness_here; print(json.dumps(exactness_here(sys.argv[2], json.loads(sys.stdin.read()))))"
-    done = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), model_folder], input=json.dumps(worst), capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def exactness_here(model_folder: str, worst: tuple[str, str, float, float]) -> dict[str, float]:
     """Each harness's distance, on the string they differ most on, from the log-likelihood that the same
     float32 logits give under a float64 log-softmax (one whole-row forward): which of the two is off."""
     import torch
