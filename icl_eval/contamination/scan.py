@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icl_eval.contamination.allocator import roomy_heap
+from icl_eval.allocator import roomy_heap
 from icl_eval.contamination.corpus import DocBatch, Problems, Shard, read_batches
 from icl_eval.contamination.index import GramTable
 from icl_eval.contamination.ngrams import Batch, all_gram_hashes, normalise_batch, prefix_hashes

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from icl_eval.allocator import trim_heap
 from icl_eval.batching import BatchBudget
 from icl_eval.devices import validate_device
 from icl_eval.errors import IclEvalError
@@ -82,23 +83,6 @@ def _names_match(pattern: str, name: str) -> bool:
         return pattern == name or re.fullmatch(pattern, name) is not None
     except re.error:
         return False
-
-
-def _return_freed_heap() -> None:
-    """Hand the heap a tokenizer build freed back to the OS (glibc keeps it otherwise).
-
-    transformers builds Gemma 3's tokenizer through ~300 MB of short-lived Python objects (its 33 MB
-    tokenizer.json parsed three times). glibc keeps the freed heap, and torch's big tensors come from mmap and
-    never reuse it, so it stayed in the run's resident peak (measured: 736 MB resident after the load, 679 MB
-    after malloc_trim). Not glibc: nothing to do.
-    """
-    import ctypes
-
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
-        return
-    trim(0)
 
 
 def _check_loading_info(path: str, model: torch.nn.Module, info: dict) -> None:
@@ -225,7 +209,7 @@ class HFModel(Tokenization, LoglikelihoodScoring, GreedyGeneration):
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         except Exception as e:
             raise IclEvalError(f"--model {path}: cannot load its tokenizer ({type(e).__name__}); the folder needs tokenizer.json or vocab files") from None
-        _return_freed_heap()
+        trim_heap()  # the tokenizer build's freed heap would otherwise stay in the run's peak (icl_eval/allocator.py)
         if len(tokenizer) <= 1 or not tokenizer("a", add_special_tokens=False).input_ids:  # transformers builds an empty one when files are missing
             raise IclEvalError(f"--model {path}: cannot load its tokenizer (no tokenizer files found, it would be empty); the folder needs tokenizer.json or vocab files")
         try:
