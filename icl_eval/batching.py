@@ -195,13 +195,13 @@ def cpu_token_budget(hidden: int, inner: int, store: Path | None = None) -> int:
     return _remembered(store, f"cpu {hidden}x{inner} threads={torch.get_num_threads()} torch={torch.__version__}", measure)
 
 
-def efficient_forward(tokens: int, forward_cost: int | None) -> int:
-    """A CPU budget of at least the tokens whose forward spends no more than a tenth on its fixed cost (the
-    probe's 90%): the matmul probe alone gave Gemma 3 270M 256 tokens at two threads, where its measured
-    forward cost of 61 tokens made a one-question forward a quarter overhead."""
+def efficient_forward(tokens: int, forward_cost: int | None, share: float = _PROBE_SHARE) -> int:
+    """A CPU budget of at least the tokens whose forward spends no more than 1 - `share` on its fixed cost
+    (by default the probe's 90%): the matmul probe alone gave Gemma 3 270M 256 tokens at two threads, where
+    its measured forward cost of 61 tokens made a one-question forward a quarter overhead."""
     if forward_cost is None:
         return tokens
-    return max(tokens, round(forward_cost * _PROBE_SHARE / (1 - _PROBE_SHARE)))
+    return max(tokens, round(forward_cost * share / (1 - share)))
 
 
 # Forward sizes timed by the forward-cost probe: small enough to be quick, far enough apart to fit a line.

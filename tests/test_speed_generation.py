@@ -96,6 +96,35 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
     assert all(rows * width <= 16 or rows == 1 for rows, width in prefills)
 
 
+def test_joining_rows_come_from_a_pool_prefilled_in_efficient_forwards(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    # Rows leave a few at a time. Prefilling only the rows that had room made most forwards fixed cost (Gemma
+    # 3's TriviaQA: 41 prefills of one to three prompts); now a prefill also takes rows that wait, prefilled,
+    # in a pool until places free, up to half the batch, so there are fewer and larger prefills.
+    from icl_eval.batching import BatchBudget
+
+    reqs = [r for r in requests() if len(gpt2_tokenizer(r.context).input_ids) > 1] * 2  # a prefill is wider than a step
+
+    def run(pooled: bool):
+        hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size="auto")
+        hf.budget = BatchBudget(max_rows=None, tokens=16, floor=hf.max_length, forward_cost=40)  # 5%: 760 tokens
+        monkeypatch.setattr(type(hf), "_decode_rows", lambda self, longest: 4)
+        if not pooled:
+            monkeypatch.setattr(hf, "_prefill_tokens", lambda: None)  # only the rows there is room for
+        shapes = recorded_shapes(hf, monkeypatch)
+        outs = hf.generate(reqs)
+        monkeypatch.undo()
+        assert hf.tokens_forwarded == sum(len(hf.encode(r.context)) for r in reqs) + sum(o.n_tokens - 1 for o in outs)
+        assert max(rows for rows, width in shapes if width == 1) <= 4  # the batch itself stays within its cap
+        return [o.text for o in outs], [rows for rows, width in shapes if width > 1]
+
+    texts, pooled = run(True)
+    assert texts == [hf_greedy(tiny_gpt2_model, gpt2_tokenizer, r) for r in reqs]
+    plain_texts, plain = run(False)
+    assert plain_texts == texts
+    assert sum(pooled) == sum(plain) == len(reqs)  # each row prefilled once
+    assert len(pooled) < len(plain) and max(pooled[1:]) == 2 and min(plain[1:]) == 1
+
+
 @pytest.mark.parametrize("window", [8, 64])
 def test_a_sliding_window_cache_joins_only_while_it_holds_every_token(gpt2_tokenizer, monkeypatch, window):
     # Gemma 3's sliding-window layers hold the last window - 1 tokens. Narrower than that, a batch's cache is
