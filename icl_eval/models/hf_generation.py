@@ -168,8 +168,8 @@ class GreedyGeneration:
 
     def _prefill_tokens(self) -> int | None:
         """Tokens per prefill forward: the batch budget, and on a CPU at least as many as keep the measured
-        fixed cost of a forward to 5% (Gemma 3 270M, 160-token prompts at two threads: 540 tokens/s one row
-        per forward, 690 four, 750 eight; a prefill keeps only the last position's logits, so the budget's
+        fixed cost of a forward to 5% (Gemma 3 270M, 160-token prompts at two threads: 522 tokens/s one row
+        per forward, 689 four, 749 eight; a prefill keeps only the last position's logits, so the budget's
         bound on logits' memory does not apply)."""
         return efficient_forward(self.budget.tokens, self.budget.forward_cost, 0.95) if self.budget.tokens else None
 
@@ -193,7 +193,7 @@ class GreedyGeneration:
         bound by free memory let 100 rows decode together: 3.0 GB peak against lm-eval's 1.5). An eighth, not
         a quarter: each step's concatenation, and each join, holds the old cache and the new one at once (a
         quarter's 16 rows of 8-shot arithmetic on SmolLM2 added 500 MiB to the peak, an eighth's 10 rows
-        370 MiB). Prefills run within the budget (_prefills). Given rows (--batch-size N) stay as given.
+        370 MiB). Prefills run in forwards of _prefill_tokens (_prefills). Given rows (--batch-size N) stay as given.
         """
         rows = self.budget.rows_for(longest)
         if self.device.type != "cpu" or self.budget.max_rows is not None or self.budget.tokens is None:
