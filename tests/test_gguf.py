@@ -43,7 +43,7 @@ def test_a_gguf_file_loads_as_its_converted_folder_and_says_what_it_was(tmp_path
     assert block["name"] == "tiny.Q8_0.gguf" and block["path"] == str(cache_home / sha)
     assert block["gguf"] == {"file": str(path), "sha256": sha, "architecture": "llama", "file_type": "MOSTLY_Q8_0", "tensor_types": {"F32": 5, "Q8_0": 15}}
     assert sorted(f.name for f in (cache_home / sha).iterdir() if f.suffix in (".json", ".safetensors")) == [
-        "config.json", "gguf-source-v2.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        "config.json", "gguf-source-v3.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
     ]
     assert "quantization_config" not in json.loads((cache_home / sha / "config.json").read_text())
     # The file ties its output head to the embedding (no output.weight): the one copy is kept under the input
@@ -58,6 +58,17 @@ def test_a_gguf_file_loads_as_its_converted_folder_and_says_what_it_was(tmp_path
     with torch.no_grad():
         assert torch.equal(model.model(ids).logits, direct(ids).logits)
     assert model.tokenizer.is_fast and model.encode_pair("Q: What is 98 plus 45? A:", " 143").continuation
+    # Its added tokens are listed in tokenizer_config.json (transformers 5 saves without them, and then parses
+    # the whole tokenizer.json again at each load to find them), exactly as tokenizer.json holds them.
+    from transformers import AutoTokenizer
+
+    saved = json.loads((cache_home / sha / "tokenizer.json").read_text())["added_tokens"]
+    listed = json.loads((cache_home / sha / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+    assert saved and listed == {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in saved}
+    own = AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
+    assert model.tokenizer.added_tokens_decoder == own.added_tokens_decoder
+    for text in ("Q: What is 98 plus 45? A: 143", "<s> naïve </s>\n\t x"):
+        assert model.tokenizer(text).input_ids == own(text).input_ids
 
 
 def test_later_loads_read_the_conversion_and_do_not_rehash_a_big_file(tmp_path, cache_home, monkeypatch):
@@ -95,9 +106,9 @@ def test_an_interrupted_conversion_is_done_again(tmp_path, cache_home):
     path = write_tiny_llama_gguf(tmp_path / "m.gguf")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     (cache_home / sha).mkdir(parents=True)
-    (cache_home / sha / "config.json").write_text("{}")  # a half-written folder: no gguf-source-v2.json record
+    (cache_home / sha / "config.json").write_text("{}")  # a half-written folder: no gguf-source-v3.json record
     model = HFModel.load(str(path), device="cpu")
-    assert model.describe()["gguf"]["sha256"] == sha and (cache_home / sha / "gguf-source-v2.json").is_file()
+    assert model.describe()["gguf"]["sha256"] == sha and (cache_home / sha / "gguf-source-v3.json").is_file()
     assert not [p for p in cache_home.iterdir() if p.name.startswith(".converting-")]
 
 
