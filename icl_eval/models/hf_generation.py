@@ -153,7 +153,7 @@ class GreedyGeneration:
     def _rows_to_prefill(self, pending: deque, prompts: list[Prompt], need: int, capacity: int, ready: Running | None) -> int:
         """The `need` rows the batch has room for and, where their caches can wait in the pool to be joined
         later, more (up to half the batch) until the prefill is one efficient forward (_prefill_tokens).
-        Half, as the pool's cache adds to the batch's (an eighth of the weights, _decode_rows). None while
+        Half, as the pool's cache adds to the batch's (an eighth of the weights, _decode_rows). No rows while
         the pool holds rows these could not join (a sliding window): it empties first."""
         candidates = list(islice(pending, max(need, capacity // 2)))
         if not self._joins_at(max([ready.mask.shape[1] if ready else 0, *(len(prompts[i].tokens) for i in candidates)])):
