@@ -88,9 +88,10 @@ class BatchBudget:
     def reset(self) -> None:
         self.max_rows, self.tokens = self._configured
 
-    def plan(self, lengths: Sequence[int]) -> list[list[int]]:
-        """plan_batches under this budget as it stands now (halved after an out-of-memory)."""
-        return plan_batches(lengths, self.max_rows, self.tokens, self.forward_cost)
+    def plan(self, lengths: Sequence[int], tokens: int | None = None) -> list[list[int]]:
+        """plan_batches under this budget as it stands now (halved after an out-of-memory), or under `tokens`
+        per batch instead of its own token budget (generation's prefills, which keep one position's logits)."""
+        return plan_batches(lengths, self.max_rows, tokens or self.tokens, self.forward_cost)
 
     def rows_for(self, longest: int) -> int:
         """Rows of up to `longest` tokens that fit at once."""

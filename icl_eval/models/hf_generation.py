@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from typing import NamedTuple
 
 import torch
 
-from icl_eval.batching import efficient_forward, plan_batches
+from icl_eval.batching import efficient_forward
 from icl_eval.errors import IclEvalError
 from icl_eval.requests import GenerationRequest, GenerationResult, OnResult, Progress
 
@@ -108,9 +108,10 @@ class GreedyGeneration:
             while pending or ready or batch:
                 free = capacity - (len(batch.rows) if batch else 0)
                 waiting = len(ready.rows) if ready else 0
-                if (pending or ready) and (batch is None or (free >= max(1, capacity // 4) and self._can_join(batch, ready, pending, max(0, free - waiting), prompts))):
+                joins = batch is None or (free >= max(1, capacity // 4) and self._can_join(batch, ready, pending, max(0, free - waiting), prompts))
+                if (pending or ready) and joins:
                     if pending and waiting < free:
-                        joining = [pending.popleft() for _ in range(self._rows_to_prefill(pending, prompts, free - waiting, capacity, ready))]
+                        joining = [pending.popleft() for _ in range(self._rows_to_prefill(ready, pending, free - waiting, capacity, prompts))]
                         for i in joining:
                             decoders[i] = _StopDecoder(self.tokenizer, requests[i].until, requests[i].max_new_tokens)
                         for new in self._prefills(joining, [prompts[i].tokens for i in joining]):
@@ -143,20 +144,19 @@ class GreedyGeneration:
         """Whether the pool and the next `more` waiting rows can join the running batch: a cache of plain
         layers always can; sliding-window layers (Gemma 3's 512 tokens) can while the joined batch stays
         narrower than the window, as then they hold every token, exactly as a plain layer would."""
-        widest = max([ready.mask.shape[1] if ready else 0, *(len(prompts[i].tokens) for i in islice(pending, more))])
-        return self._joins_at(max(batch.mask.shape[1], widest)) and _keeps_every_token(batch.cache)
+        return self._joins_at(max(batch.mask.shape[1], _widest(ready, islice(pending, more), prompts))) and _keeps_every_token(batch.cache)
 
     def _joins_at(self, width: int) -> bool:
         kv = self._kv_cache()
         return kv.joinable and (kv.window is None or width < kv.window)
 
-    def _rows_to_prefill(self, pending: deque, prompts: list[Prompt], need: int, capacity: int, ready: Running | None) -> int:
+    def _rows_to_prefill(self, ready: Running | None, pending: deque, need: int, capacity: int, prompts: list[Prompt]) -> int:
         """The `need` rows the batch has room for and, where their caches can wait in the pool to be joined
         later, more (up to half the batch) until the prefill is one efficient forward (_prefill_tokens).
         Half, as the pool's cache adds to the batch's (an eighth of the weights, _decode_rows). No rows while
         the pool holds rows these could not join (a sliding window): it empties first."""
         candidates = list(islice(pending, max(need, capacity // 2)))
-        if not self._joins_at(max([ready.mask.shape[1] if ready else 0, *(len(prompts[i].tokens) for i in candidates)])):
+        if not self._joins_at(_widest(ready, candidates, prompts)):
             return 0 if ready else min(need, len(pending))
         target = self._prefill_tokens()
         rows = tokens = 0
@@ -180,7 +180,7 @@ class GreedyGeneration:
         if not self._joins_at(max(len(x) for x in prompts)):
             yield self._prefill(rows, prompts)
             return
-        for chunk in plan_batches([len(x) for x in prompts], self.budget.max_rows, self._prefill_tokens(), self.budget.forward_cost):
+        for chunk in self.budget.plan([len(x) for x in prompts], self._prefill_tokens()):
             yield self._prefill([rows[j] for j in chunk], [prompts[j] for j in chunk])
 
     def _decode_rows(self, longest: int) -> int:
@@ -235,6 +235,11 @@ class GreedyGeneration:
         batch.cache.batch_select_indices(keep_t)
         cache, mask = _trim_left_padding(batch.cache, batch.mask[keep_t])
         return Running([batch.rows[k] for k in keep], cache, mask, batch.last_pos[keep_t], batch.next_tokens[keep_t])
+
+
+def _widest(ready: Running | None, rows: Iterable[int], prompts: list[Prompt]) -> int:
+    """The width a join would need: the pool's (padded) width and the given waiting rows' prompts."""
+    return max([ready.mask.shape[1] if ready else 0, *(len(prompts[i].tokens) for i in rows)])
 
 
 def _keeps_every_token(cache) -> bool:
