@@ -78,6 +78,9 @@ WORKLOADS = {
     "arith32": Spec("arith32", ("arithmetic_2da",), 32, "ll"),
     "triviaqa5": Spec("triviaqa5", ("triviaqa",), 5, "gen"),
     "arithgen8": Spec("arithgen8", ("arithmetic_2da_gen",), 8, "gen"),
+    # the same task zero- and one-shot: the paper reports arithmetic in all three settings
+    "arithgen0": Spec("arithgen0", ("arithmetic_2da_gen",), 0, "gen"),
+    "arithgen1": Spec("arithgen1", ("arithmetic_2da_gen",), 1, "gen"),
 }
 DEFAULT = "startup,hellaswag0,piqa0,arc_easy0,lambada0,three0,hellaswag10,arith32,triviaqa5,arithgen8"
 
