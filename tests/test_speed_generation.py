@@ -93,9 +93,33 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
     steps = [rows for rows, width in shapes if width == 1]
     prefills = [(rows, width) for rows, width in shapes if width > 1]
     longest = max(len(hf.encode(r.context)) + r.max_new_tokens for r in reqs)
-    capacity = hf._decode_rows(longest)  # a KV cache of an eighth of the weights (all 8 rows with GPT-2's vocabulary)
+    capacity = hf._decode_rows(longest)  # a KV cache of a tenth of the weights (all 8 rows with GPT-2's vocabulary)
     assert capacity > hf.budget.rows_for(longest) and max(steps) == min(capacity, len(reqs))
     assert all(rows * width <= 16 or rows == 1 for rows, width in prefills)
+
+
+def test_on_a_cpu_short_rows_decode_within_the_cache_bound_not_the_budgets_rows(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
+    # A budget of 4,096 tokens holds hundreds of these rows, and short rows had all decoded together: one-shot
+    # arithmetic's KV cache (42 SmolLM2 rows, 80 Gemma 3 rows) took the peak above lm-eval's. On a CPU the
+    # cache bound (a tenth of the weights) sets the rows, here made to hold 12, and steps stay that wide.
+    from icl_eval.batching import BatchBudget
+
+    hf = make_hf_model(tiny_gpt2_model, gpt2_tokenizer, batch_size="auto")
+    hf.budget = BatchBudget(max_rows=None, tokens=4096, floor=hf.max_length)
+    reqs = [GenerationRequest(p, ("zz",), 6) for p in PROMPTS] * 3
+    longest = max(len(hf.encode(r.context)) + r.max_new_tokens for r in reqs)
+    weight_bytes = sum(p.numel() * p.element_size() for p in hf.model.parameters())
+    hf._kv_facts = hf._kv_cache()._replace(bytes_per_token=weight_bytes // 10 // (longest * 12))
+    assert hf.budget.rows_for(longest) > len(reqs) and hf._decode_rows(longest) == 12
+    shapes = recorded_shapes(hf, monkeypatch)
+    outs = hf.generate(reqs)
+    assert [o.text for o in outs] == [hf_greedy(tiny_gpt2_model, gpt2_tokenizer, r) for r in reqs]
+    assert max(rows for rows, width in shapes if width == 1) == 12
+    # Below eight rows the bound gives way (a step's weight read is shared by several rows); above 24 a step
+    # no longer gets cheaper per row, and the cache only adds memory.
+    for rows, capacity in ((2, 8), (100, 24)):
+        hf._kv_facts = hf._kv_facts._replace(bytes_per_token=weight_bytes // 10 // (longest * rows))
+        assert hf._decode_rows(longest) == capacity
 
 
 def test_joining_rows_come_from_a_pool_prefilled_in_efficient_forwards(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):

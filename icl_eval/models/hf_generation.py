@@ -22,6 +22,7 @@ from icl_eval.requests import GenerationRequest, GenerationResult, OnResult, Pro
 
 
 SLIDING = "DynamicSlidingWindowLayer"  # transformers' sliding-window cache layer
+DECODE_ROWS = (8, 24)  # on a CPU, the fewest and the most rows that decode together (_decode_rows)
 
 
 class Prompt(NamedTuple):
@@ -153,7 +154,7 @@ class GreedyGeneration:
     def _rows_to_prefill(self, ready: Running | None, pending: deque, need: int, capacity: int, prompts: list[Prompt]) -> int:
         """The `need` rows the batch has room for and, where their caches can wait in the pool to be joined
         later, more (up to half the batch) until the prefill is one efficient forward (_prefill_tokens).
-        Half, as the pool's cache adds to the batch's (an eighth of the weights, _decode_rows). No rows while
+        Half, as the pool's cache adds to the batch's (a tenth of the weights, _decode_rows). No rows while
         the pool holds rows these could not join (a sliding window): it empties first."""
         candidates = list(islice(pending, max(need, capacity // 2)))
         if not self._joins_at(_widest(ready, candidates, prompts)):
@@ -186,21 +187,27 @@ class GreedyGeneration:
     def _decode_rows(self, longest: int) -> int:
         """Rows that decode together, each up to `longest` tokens (prompt and new tokens).
 
-        As many whole rows as the token budget holds, and on a CPU at least as many as fit a KV cache of an
-        eighth of the model's own size. A decoding step forwards one token per row and, for a few rows, is
-        bound by reading the weights, so a CPU's budget (a forward size: 256 tokens at one thread) would decode
-        a 5-shot TriviaQA row at a time; a cache bounded by the weights keeps the memory a run adds small (a
-        bound by free memory let 100 rows decode together: 3.0 GB peak against lm-eval's 1.5). An eighth, not
-        a quarter: each step's concatenation, and each join, holds the old cache and the new one at once (a
-        quarter's 16 rows of 8-shot arithmetic on SmolLM2 added 500 MiB to the peak, an eighth's 10 rows
-        370 MiB). Prefills run in forwards of _prefill_tokens (_prefills). Given rows (--batch-size N) stay as given.
+        Off a CPU, or with given rows (--batch-size N): as many whole rows as the token budget holds. On a CPU
+        the budget is a forward size, which does not bound a decoding step (one token per row): there, as many
+        rows as fit a KV cache of a tenth of the model's own size, within DECODE_ROWS. A step is bound by
+        reading the weights until several rows share the read (SmolLM2-135M, two threads: 61 ms a row at one
+        row, 13 at eight, 6.2 at 24, 5.8 at 32), and a CPU's budget (256 tokens at one thread) held one 5-shot
+        TriviaQA row, so rows had decoded one at a time. The cache bound keeps the memory a run adds small: a
+        step's concatenation and each join hold a layer's old cache and its new one, and freed blocks stay in
+        the heap, so the peak grows by about three times the cache. The cap: short rows had taken the whole
+        budget's rows, and one-shot arithmetic (45-48 tokens a row) peaked above lm-eval's, end to end at
+        2,098-2,140 MiB against 2,055-2,064 on Gemma 3 (80 rows), in-process at 1,264-1,368 MiB against
+        1,287-1,298 on SmolLM2 (42 rows; 24 rows: 1,211-1,237, in the same time). (A bound by free memory had
+        let 100 rows decode together: 3.0 GB peak against lm-eval's 1.5.) Prefills run in forwards of
+        _prefill_tokens (_prefills).
         """
-        rows = self.budget.rows_for(longest)
         if self.device.type != "cpu" or self.budget.max_rows is not None or self.budget.tokens is None:
-            return rows
+            return self.budget.rows_for(longest)
         kv = self._kv_cache()
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return max(rows, min(self.budget.tokens, weight_bytes // 8 // (longest * max(1, kv.bytes_per_token))))
+        cache_rows = weight_bytes // 10 // (longest * max(1, kv.bytes_per_token))
+        fewest, most = DECODE_ROWS
+        return min(max(cache_rows, fewest), most)
 
     @torch.no_grad()
     def _kv_cache(self) -> KVCacheFacts:
