@@ -100,7 +100,7 @@ def test_a_cpu_decodes_more_rows_than_one_efficient_forward_holds(tiny_gpt2_mode
 
 def test_on_a_cpu_short_rows_decode_within_the_cache_bound_not_the_budgets_rows(tiny_gpt2_model, gpt2_tokenizer, monkeypatch):
     # A budget of 4,096 tokens holds hundreds of these rows, and short rows had all decoded together: one-shot
-    # arithmetic's KV cache (42 SmolLM2 rows, 80 Gemma 3 rows) took the peak above lm-eval's. On a CPU the
+    # arithmetic's KV cache (42 SmolLM2 rows, 64 Gemma 3 rows) took the peak above lm-eval's. On a CPU the
     # cache bound (a tenth of the weights) sets the rows, here made to hold 12, and steps stay that wide.
     from icl_eval.batching import BatchBudget
 

@@ -195,9 +195,9 @@ class GreedyGeneration:
         TriviaQA row, so rows had decoded one at a time. The cache bound keeps the memory a run adds small: a
         step's concatenation and each join hold a layer's old cache and its new one, and freed blocks stay in
         the heap, so the peak grows by about three times the cache. The cap: short rows had taken the whole
-        budget's rows, and one-shot arithmetic (45-48 tokens a row) peaked above lm-eval's, end to end at
-        2,098-2,140 MiB against 2,055-2,064 on Gemma 3 (80 rows), in-process at 1,264-1,368 MiB against
-        1,287-1,298 on SmolLM2 (42 rows; 24 rows: 1,211-1,237, in the same time). (A bound by free memory had
+        budget's rows, and one-shot arithmetic (45-48 tokens a row) peaked above lm-eval's end to end: SmolLM2
+        at 42 rows 1,338 MiB against 1,294, Gemma 3 at a tenth's 64 rows 2,098-2,140 against 2,055-2,064; at 24
+        rows, in-process, 1,211-1,237 and 1,929 MiB, in the same time. (A bound by free memory had
         let 100 rows decode together: 3.0 GB peak against lm-eval's 1.5.) Prefills run in forwards of
         _prefill_tokens (_prefills).
         """
