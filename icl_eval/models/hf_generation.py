@@ -189,7 +189,8 @@ class GreedyGeneration:
 
         Off a CPU, or with given rows (--batch-size N): as many whole rows as the token budget holds. On a CPU
         the budget is a forward size, which does not bound a decoding step (one token per row): there, as many
-        rows as fit a KV cache of a tenth of the model's own size, within DECODE_ROWS. A step is bound by
+        rows as fit a KV cache of a tenth of the model's own size, within DECODE_ROWS (the fewest, as far as a
+        quarter's cache holds them). A step is bound by
         reading the weights until several rows share the read (SmolLM2-135M, two threads: 61 ms a row at one
         row, 13 at eight, 6.2 at 24, 5.8 at 32), and a CPU's budget (256 tokens at one thread) held one 5-shot
         TriviaQA row, so rows had decoded one at a time. The cache bound keeps the memory a run adds small: a
@@ -205,9 +206,12 @@ class GreedyGeneration:
             return self.budget.rows_for(longest)
         kv = self._kv_cache()
         weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        cache_rows = weight_bytes // 10 // (longest * max(1, kv.bytes_per_token))
+        row_bytes = longest * max(1, kv.bytes_per_token)
         fewest, most = DECODE_ROWS
-        return min(max(cache_rows, fewest), most)
+        # The floor only as far as a cache of a quarter of the weights: eight rows of long prompts on a large
+        # model would otherwise hold more than the weights themselves.
+        floor = max(1, min(fewest, weight_bytes // 4 // row_bytes))
+        return min(max(weight_bytes // 10 // row_bytes, floor), most)
 
     @torch.no_grad()
     def _kv_cache(self) -> KVCacheFacts:
