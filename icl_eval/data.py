@@ -228,7 +228,7 @@ class MappedDocs(Sequence):
     """Each document as {field: expression over the raw record} (a task's data.fields or hub_fields; None:
     the record's own fields), mapped when first read: a --limit run of a 10,000-example task maps the examples
     it renders, not all of them (mapping all of HellaSwag's was half a second of start-up). The `literals`
-    fields are parsed then too (data.literal_fields: TriviaQA's 20k alias lists were 0.6 s). A record that
+    fields are parsed then too (data.literal_fields: TriviaQA's 20k alias lists took 0.4 s). A record that
     does not map raises when it is read, naming its index. Pickles and compares as the plain list.
 
     Besides the record's fields, an expression may call the answer-choosing functions of icl_eval.answers

@@ -34,7 +34,7 @@ def test_literal_fields_never_run_code(tmp_path):
 
 
 def test_literal_fields_are_parsed_when_an_example_is_read(tmp_path):
-    # TriviaQA's 20k alias lists took 0.6 s to parse at load; a --limit run reads a few hundred examples. A bad
+    # TriviaQA's 20k alias lists took 0.4 s to parse at load; a --limit run reads a few hundred examples. A bad
     # literal still raises, naming its file, example and field, once that example is read.
     (tmp_path / "q.txt").write_text("a?\t['x']\nb?\t__import__('os')\n")
     docs = _read(DataSource(local="q.txt", format="tsv", columns=("question", "answers"), literal_fields=("answers",)), tmp_path)
