@@ -239,7 +239,6 @@ class MappedDocs(Sequence):
 
         self._raw, self._where, self._literals, self._source = docs, where, literals, source
         mapping = mapping or {}
-        self._identity = not mapping
         self._compiled = {name: compile_expression(expr, f"{where}.{name}") for name, expr in mapping.items()}
         # A mapping that is just a field name (most of them) is a dict lookup: rendering a Jinja expression per
         # record was most of a large task's load time (TriviaQA: 20k records x 3 fields).
@@ -265,7 +264,7 @@ class MappedDocs(Sequence):
 
         if self._literals:
             raw = _parse_literals(raw, i, self._literals, self._source)
-        if self._identity:
+        if not self._compiled:
             return raw
         doc = {}
         for name, fn in self._compiled.items():

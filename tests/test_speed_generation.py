@@ -108,7 +108,7 @@ def test_on_a_cpu_short_rows_decode_within_the_cache_bound_not_the_budgets_rows(
     hf.budget = BatchBudget(max_rows=None, tokens=4096, floor=hf.max_length)
     reqs = [GenerationRequest(p, ("zz",), 6) for p in PROMPTS] * 3
     longest = max(len(hf.encode(r.context)) + r.max_new_tokens for r in reqs)
-    weight_bytes = sum(p.numel() * p.element_size() for p in hf.model.parameters())
+    weight_bytes = hf.model.get_memory_footprint(return_buffers=False)
     hf._kv_facts = hf._kv_cache()._replace(bytes_per_token=weight_bytes // 10 // (longest * 12))
     assert hf.budget.rows_for(longest) > len(reqs) and hf._decode_rows(longest) == 12
     shapes = recorded_shapes(hf, monkeypatch)

@@ -190,10 +190,9 @@ class GreedyGeneration:
         Off a CPU, or with given rows (--batch-size N): as many whole rows as the token budget holds. On a CPU
         the budget is a forward size, which does not bound a decoding step (one token per row): there, as many
         rows as fit a KV cache of a tenth of the model's own size, within DECODE_ROWS (the fewest, as far as a
-        quarter's cache holds them). A step is bound by
-        reading the weights until several rows share the read (SmolLM2-135M, two threads: 61 ms a row at one
-        row, 13 at eight, 6.2 at 24, 5.8 at 32), and a CPU's budget (256 tokens at one thread) held one 5-shot
-        TriviaQA row, so rows had decoded one at a time. The cache bound keeps the memory a run adds small: a
+        quarter's cache holds them). A step is bound by reading the weights until several rows share the read
+        (SmolLM2-135M, two threads: 61 ms a row at one row, 13 at eight, 6.2 at 24, 5.8 at 32), and a CPU's
+        budget (256 tokens at one thread) held one 5-shot TriviaQA row, so rows had decoded one at a time. The cache bound keeps the memory a run adds small: a
         step's concatenation and each join hold a layer's old cache and its new one, and freed blocks stay in
         the heap, so the peak grows by about three times the cache. The cap: short rows had taken the whole
         budget's rows, and one-shot arithmetic (45-48 tokens a row) peaked above lm-eval's end to end: SmolLM2
@@ -205,7 +204,7 @@ class GreedyGeneration:
         if self.device.type != "cpu" or self.budget.max_rows is not None or self.budget.tokens is None:
             return self.budget.rows_for(longest)
         kv = self._kv_cache()
-        weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        weight_bytes = self.model.get_memory_footprint(return_buffers=False)
         row_bytes = longest * max(1, kv.bytes_per_token)
         fewest, most = DECODE_ROWS
         # The floor only as far as a cache of a quarter of the weights: eight rows of long prompts on a large
